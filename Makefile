@@ -1,0 +1,58 @@
+# The two commands of the README:
+#   make lab    set up (first time only) and open the course in JupyterLab at chapter 00
+#   make test   set up (first time only) and run every test: unit tests, doctests,
+#               the model zoo trained from scratch, and every notebook under nbval
+#
+# TORCH_SPEC pins the torch build installed into the fresh environment. The default
+# resolves to the local CPU wheel on the course machines and to the standard (CUDA on
+# Linux, MPS on macOS) build from PyPI elsewhere. To keep a torch you already have,
+# run e.g. `make lab TORCH_SPEC=torch` inside an environment that has it.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+KERNEL_NAME := diffusion-course
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.course-installed
+# Tests train what they test: a cache inside the checkout, never the home folder.
+TEST_ENV := COURSE_CACHE_DIR=$(CURDIR)/.model_cache OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg PYTHONHASHSEED=0
+
+.PHONY: lab test setup unit zoo notebooks benchmark readme clean strip
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Diffusion course (Python 3)" >/dev/null
+	touch $(STAMP)
+
+lab: setup
+	$(BIN)/python -m course_lib.device
+	$(BIN)/jupyter lab --notebook-dir=chapters chapters/00_start_here.ipynb
+
+unit: setup
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile tests course_lib --doctest-modules
+
+zoo: setup
+	$(TEST_ENV) $(BIN)/python -m course_lib.zoo build
+
+notebooks: setup
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
+		$$($(BIN)/python -m course_lib.manifest notebooks)
+
+test: unit zoo notebooks
+
+benchmark: setup
+	$(TEST_ENV) $(BIN)/python benchmarks/run_benchmarks.py --write benchmarks/RESULTS.md
+
+readme: setup
+	$(BIN)/python -m course_lib.manifest readme --write README.md
+
+strip: setup
+	$(BIN)/nbstripout chapters/*.ipynb
+
+clean:
+	rm -rf $(VENV) .model_cache .pytest_cache

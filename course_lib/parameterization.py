@@ -1,0 +1,219 @@
+r"""What the network predicts, and the conversions between the choices (chapters 02 and 04).
+
+On the path x_t = alpha_t x0 + sigma_t eps every prediction target is an affine
+function of (x0, eps), so any one of them, together with x_t, gives all the others:
+
+=============  ===========================================  ==============================
+name           target                                        reference
+=============  ===========================================  ==============================
+``eps``        eps                                            Ho et al. 2020, eq. 11
+``x0``         x0                                             Ho et al. 2020, sec. 3.2
+``v``          v = alpha_t eps - sigma_t x0                   Salimans & Ho 2022, arXiv:2202.00512, sec. 4
+``velocity``   u = d alpha_t/dt x0 + d sigma_t/dt eps = dx_t/dt   Lipman et al. 2022, arXiv:2210.02747
+``score``      grad log q(x_t) estimate = -eps / sigma_t      Song et al. 2021, arXiv:2011.13456
+=============  ===========================================  ==============================
+
+All functions take per-example coefficients of shape () or (B,) and tensors of
+shape (B, ...). :class:`Denoiser` wraps a network of any parameterisation into the
+one function every sampler uses: x0_hat = D(x_t, t).
+
+>>> import torch
+>>> from course_lib.schedules import VPCosine
+>>> s, t = VPCosine(), torch.tensor([0.3, 0.7])
+>>> x0, eps = torch.randn(2, 4, generator=torch.Generator().manual_seed(0)), torch.ones(2, 4)
+>>> x_t = s.add_noise(x0, t, eps)
+>>> v = target("v", x0, eps, s, t)
+>>> torch.allclose(to_x0("v", v, x_t, s, t), x0, atol=1e-5)
+True
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .schedules import Schedule, broadcast_to, check_times
+
+__all__ = [
+    "PREDICTIONS",
+    "x0_from_eps",
+    "eps_from_x0",
+    "v_from_x0_eps",
+    "x0_from_v",
+    "velocity_from_x0_eps",
+    "x0_from_velocity",
+    "score_from_eps",
+    "eps_from_score",
+    "target",
+    "to_x0",
+    "to_eps",
+    "Denoiser",
+]
+
+PREDICTIONS = ("eps", "x0", "v", "velocity", "score")
+
+
+def _check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+
+
+def x0_from_eps(x_t, eps, alpha_t, sigma_t):
+    r"""x0 = (x_t - sigma_t eps) / alpha_t  (Ho et al. 2020, eq. 15)."""
+    return (x_t - broadcast_to(sigma_t, x_t) * eps) / broadcast_to(alpha_t, x_t)
+
+
+def eps_from_x0(x_t, x0, alpha_t, sigma_t):
+    r"""eps = (x_t - alpha_t x0) / sigma_t."""
+    return (x_t - broadcast_to(alpha_t, x_t) * x0) / broadcast_to(sigma_t, x_t)
+
+
+def v_from_x0_eps(x0, eps, alpha_t, sigma_t):
+    r"""v = alpha_t eps - sigma_t x0  (Salimans & Ho 2022, sec. 4)."""
+    return broadcast_to(alpha_t, x0) * eps - broadcast_to(sigma_t, x0) * x0
+
+
+def x0_from_v(x_t, v, alpha_t, sigma_t):
+    r"""x0 = (alpha_t x_t - sigma_t v) / (alpha_t^2 + sigma_t^2)  (= alpha_t x_t - sigma_t v for VP)."""
+    a, s = broadcast_to(alpha_t, x_t), broadcast_to(sigma_t, x_t)
+    return (a * x_t - s * v) / (a**2 + s**2)
+
+
+def velocity_from_x0_eps(x0, eps, d_alpha_t, d_sigma_t):
+    r"""u = dx_t/dt = d alpha_t/dt x0 + d sigma_t/dt eps  (the conditional velocity of flow matching)."""
+    return broadcast_to(d_alpha_t, x0) * x0 + broadcast_to(d_sigma_t, x0) * eps
+
+
+def x0_from_velocity(x_t, velocity, alpha_t, sigma_t, d_alpha_t, d_sigma_t):
+    r"""Solve x_t = alpha x0 + sigma eps and u = alpha' x0 + sigma' eps for x0:
+
+    x0 = (sigma_t u - sigma'_t x_t) / (sigma_t alpha'_t - sigma'_t alpha_t).
+    """
+    a, s = broadcast_to(alpha_t, x_t), broadcast_to(sigma_t, x_t)
+    da, ds = broadcast_to(d_alpha_t, x_t), broadcast_to(d_sigma_t, x_t)
+    return (s * velocity - ds * x_t) / (s * da - ds * a)
+
+
+def score_from_eps(eps, sigma_t):
+    r"""score = grad_x log q(x_t | x0) = -eps / sigma_t  (Vincent 2011; Song et al. 2021, eq. 6)."""
+    return -eps / broadcast_to(sigma_t, eps)
+
+
+def eps_from_score(score, sigma_t):
+    r"""eps = -sigma_t score."""
+    return -broadcast_to(sigma_t, score) * score
+
+
+def _coefficients(schedule: Schedule, t: torch.Tensor):
+    return schedule.alpha(t), schedule.sigma(t), schedule.d_alpha(t), schedule.d_sigma(t)
+
+
+def target(prediction: str, x0: torch.Tensor, eps: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
+    """The regression target for a network of the given parameterisation, shape of x0."""
+    _check_prediction(prediction)
+    if x0.shape != eps.shape:
+        raise ValueError(f"x0 and eps must have the same shape, got {tuple(x0.shape)} and {tuple(eps.shape)}")
+    t = check_times(t)
+    a, s, da, ds = _coefficients(schedule, t)
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return v_from_x0_eps(x0, eps, a, s)
+    if prediction == "velocity":
+        return velocity_from_x0_eps(x0, eps, da, ds)
+    return score_from_eps(eps, s)
+
+
+def to_x0(prediction: str, output: torch.Tensor, x_t: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
+    """Convert a network output of the given parameterisation into x0_hat."""
+    _check_prediction(prediction)
+    if output.shape != x_t.shape:
+        raise ValueError(f"network output shape {tuple(output.shape)} must equal x_t's shape {tuple(x_t.shape)}")
+    t = check_times(t)
+    a, s, da, ds = _coefficients(schedule, t)
+    if prediction == "eps":
+        return x0_from_eps(x_t, output, a, s)
+    if prediction == "x0":
+        return output
+    if prediction == "v":
+        return x0_from_v(x_t, output, a, s)
+    if prediction == "velocity":
+        return x0_from_velocity(x_t, output, a, s, da, ds)
+    return x0_from_eps(x_t, eps_from_score(output, s), a, s)
+
+
+def to_eps(prediction: str, output: torch.Tensor, x_t: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
+    """Convert a network output of the given parameterisation into eps_hat."""
+    _check_prediction(prediction)
+    if prediction == "eps":
+        if output.shape != x_t.shape:
+            raise ValueError(f"network output shape {tuple(output.shape)} must equal x_t's shape {tuple(x_t.shape)}")
+        return output
+    t = check_times(t)
+    x0_hat = to_x0(prediction, output, x_t, schedule, t)
+    return eps_from_x0(x_t, x0_hat, schedule.alpha(t), schedule.sigma(t))
+
+
+class Denoiser:
+    r"""Wrap a network into the denoiser D(x_t, t) = x0_hat that every sampler calls.
+
+    The network is called as ``net(c_in * x_t, t, **cond)`` with the input scaling
+    c_in = 1 / sqrt(alpha_t^2 + sigma_t^2) (1 for variance-preserving schedules; it keeps
+    the input at unit scale for VE/EDM, cf. Karras et al. 2022, Table 1), and its output is
+    read as the ``prediction`` target. Fixed conditioning (class labels, a context) can be
+    bound once with ``cond``; per-call keyword arguments override it. Introduced in chapter 02.
+
+    Args:
+        net: a module ``net(x (B, ...), t (B,), **cond) -> (B, ...)``.
+        schedule: the :class:`~course_lib.schedules.Schedule` the network was trained on.
+        prediction: one of ``PREDICTIONS``.
+        x0_range: optional (low, high): clip x0_hat to the data range, as DDPM's released code
+            does for images in [-1, 1] (needed where alpha_t is ~0 at t = 1, e.g. the cosine
+            schedule, since x0_hat = (x_t - sigma_t eps_hat)/alpha_t amplifies errors by 1/alpha_t).
+            Off by default: nothing is clipped unless you ask.
+    """
+
+    def __init__(self, net, schedule: Schedule, prediction: str = "eps", *,
+                 x0_range: tuple[float, float] | None = None, **cond):
+        _check_prediction(prediction)
+        if x0_range is not None:
+            if len(x0_range) != 2 or not float(x0_range[0]) < float(x0_range[1]):
+                raise ValueError(f"x0_range must be a pair (low, high) with low < high, got {x0_range!r}")
+        self.x0_range = x0_range
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule must be a course_lib Schedule, got {type(schedule).__name__}")
+        if not callable(net):
+            raise ValueError(f"net must be callable, got {type(net).__name__}")
+        self.net, self.schedule, self.prediction, self.cond = net, schedule, prediction, cond
+
+    def _batch_times(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        t = check_times(t if isinstance(t, torch.Tensor) else torch.tensor(float(t)))
+        if t.dim() == 0:
+            t = t.expand(x_t.shape[0])
+        if t.dim() != 1 or t.shape[0] != x_t.shape[0]:
+            raise ValueError(f"t must be a scalar or have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
+        return t.to(device=x_t.device, dtype=torch.float32)
+
+    def network_output(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The raw network output F(c_in x_t, t) in the ``prediction`` parameterisation."""
+        t = self._batch_times(x_t, t)
+        c_in = torch.rsqrt(self.schedule.alpha(t) ** 2 + self.schedule.sigma(t) ** 2)
+        kwargs = {**self.cond, **cond}
+        return self.net(broadcast_to(c_in, x_t) * x_t, t, **kwargs)
+
+    def __call__(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        """x0_hat = D(x_t, t), shape of x_t."""
+        t = self._batch_times(x_t, t)
+        x0_hat = to_x0(self.prediction, self.network_output(x_t, t, **cond), x_t, self.schedule, t)
+        if self.x0_range is not None:
+            x0_hat = x0_hat.clamp(float(self.x0_range[0]), float(self.x0_range[1]))
+        return x0_hat
+
+    def eps(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        """eps_hat(x_t, t), shape of x_t."""
+        t = self._batch_times(x_t, t)
+        return to_eps(self.prediction, self.network_output(x_t, t, **cond), x_t, self.schedule, t)
+
+    def __repr__(self) -> str:
+        return f"Denoiser(net={type(self.net).__name__}, schedule={self.schedule!r}, prediction={self.prediction!r})"

@@ -1,0 +1,118 @@
+r"""Time grids for sampling: decreasing times from (about) 1 to 0 (introduced in chapter 02).
+
+A sampler walks a grid t_0 > t_1 > ... > t_K = 0 and takes one step per pair (t_i, t_{i+1}).
+Grids are plain functions, so any grid works with any sampler (cf. k-diffusion's
+``sigmas`` argument).
+
+>>> uniform_grid(4)
+tensor([1.0000, 0.7500, 0.5000, 0.2500, 0.0000])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, Schedule
+
+__all__ = ["check_grid", "uniform_grid", "ddpm_grid", "karras_grid", "log_snr_grid"]
+
+
+def check_grid(times: torch.Tensor) -> torch.Tensor:
+    """Validate a sampling grid: a 1-D float tensor of >= 2 strictly decreasing times in [0, 1]."""
+    if not isinstance(times, torch.Tensor) or not times.is_floating_point():
+        raise ValueError(f"a time grid must be a floating-point torch.Tensor, got {type(times).__name__}")
+    if times.dim() != 1 or times.numel() < 2:
+        raise ValueError(f"a time grid must be 1-D with at least 2 times, got shape {tuple(times.shape)}")
+    if bool((times < 0).any()) or bool((times > 1).any()):
+        raise ValueError(f"grid times must lie in [0, 1], got [{float(times.min()):.4g}, {float(times.max()):.4g}]")
+    diffs = times[1:] - times[:-1]
+    if bool((diffs >= 0).any()):
+        i = int(torch.nonzero(diffs >= 0)[0])
+        raise ValueError(
+            "a time grid must be strictly decreasing (sampling runs from noise t=1 to data t=0), "
+            f"got t[{i}]={float(times[i]):.6g} followed by t[{i + 1}]={float(times[i + 1]):.6g}"
+        )
+    return times
+
+
+def _check_steps(n_steps) -> int:
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    return n_steps
+
+
+def uniform_grid(n_steps: int, t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
+    """n_steps + 1 equally spaced times from t_start down to t_end. Shape (n_steps + 1,)."""
+    _check_steps(n_steps)
+    if not (0 <= t_end < t_start <= 1):
+        raise ValueError(f"need 0 <= t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}")
+    return check_grid(torch.linspace(t_start, t_end, n_steps + 1))
+
+
+def ddpm_grid(n_train_steps: int, n_steps: int, spacing: str = "trailing") -> torch.Tensor:
+    r"""Times n / N on DDPM's integer grid, n_steps of them, then t = 0 (the data).
+
+    * ``trailing``: n_k = round(N - k N / n_steps), k = 0..n_steps-1 (starts at n = N);
+    * ``leading``: n_k = (n_steps - 1 - k) (N // n_steps) + 1 (starts below N);
+    * ``linspace``: n_k = round(linspace(N, 1, n_steps)).
+
+    Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed",
+    arXiv:2305.08891, Table 2, compares these spacings. With n_steps = N every spacing
+    is the full DDPM grid N, N-1, ..., 1, 0.
+    """
+    _check_steps(n_steps)
+    if not isinstance(n_train_steps, int) or n_train_steps < 1:
+        raise ValueError(f"n_train_steps must be a positive integer, got {n_train_steps!r}")
+    if n_steps > n_train_steps:
+        raise ValueError(f"n_steps must be <= n_train_steps={n_train_steps}, got {n_steps}")
+    N = n_train_steps
+    k = torch.arange(n_steps, dtype=torch.float64)
+    if spacing == "trailing":
+        n = torch.round(N - k * N / n_steps)
+    elif spacing == "leading":
+        n = (n_steps - 1 - k) * (N // n_steps) + 1
+    elif spacing == "linspace":
+        n = torch.round(torch.linspace(N, 1, n_steps, dtype=torch.float64))
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; expected 'trailing', 'leading' or 'linspace'")
+    n = torch.cat([n, torch.zeros(1, dtype=torch.float64)])
+    return check_grid((n / N).to(torch.float32))
+
+
+def karras_grid(schedule: Schedule, n_steps: int, *, sigma_min: float | None = None,
+                sigma_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
+    r"""Karras et al. 2022 (arXiv:2206.00364, eq. 5) grid, mapped to this schedule's time.
+
+    The EDM noise level of a general path is the noise-to-signal ratio s = sigma_t / alpha_t
+    = exp(-lambda_t / 2); the grid is s_i = (s_max^{1/rho} + i/(K-1) (s_min^{1/rho} - s_max^{1/rho}))^rho,
+    i = 0..K-1, each converted to t with :meth:`Schedule.t_from_log_snr`, then t = 0.
+    Defaults: s_min, s_max are the schedule's own range at t = 1/1000... 1 (clipped log-SNR).
+    """
+    _check_steps(n_steps)
+    if not (rho > 0):
+        raise ValueError(f"rho must be positive, got {rho}")
+    lam_lo = float(schedule.log_snr(torch.tensor(1.0)))
+    lam_hi = float(schedule.log_snr(torch.tensor(1e-3)))
+    s_max = sigma_max if sigma_max is not None else float(torch.exp(torch.tensor(-lam_lo / 2)))
+    s_min = sigma_min if sigma_min is not None else float(torch.exp(torch.tensor(-lam_hi / 2)))
+    if not (0 < s_min < s_max):
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={s_min}, sigma_max={s_max}")
+    i = torch.arange(n_steps, dtype=torch.float64)
+    denom = max(n_steps - 1, 1)
+    s = (s_max ** (1 / rho) + i / denom * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    lam = (-2 * torch.log(s)).clamp(LOG_SNR_MIN, LOG_SNR_MAX)
+    t = schedule.t_from_log_snr(lam).to(torch.float32)
+    return check_grid(torch.cat([t, torch.zeros(1)]))
+
+
+def log_snr_grid(schedule: Schedule, n_steps: int, *, t_start: float = 1.0, t_end: float = 1e-3) -> torch.Tensor:
+    r"""n_steps times equally spaced in log-SNR lambda between t_start and t_end, then t = 0
+    (the natural grid of DPM-Solver, Lu et al. 2022, arXiv:2206.00927, sec. 3.3)."""
+    _check_steps(n_steps)
+    if not (0 < t_end < t_start <= 1):
+        raise ValueError(f"need 0 < t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}")
+    lam0 = float(schedule.log_snr(torch.tensor(t_start)))
+    lam1 = float(schedule.log_snr(torch.tensor(t_end)))
+    lam = torch.linspace(lam0, lam1, n_steps, dtype=torch.float64)
+    t = schedule.t_from_log_snr(lam).to(torch.float32)
+    return check_grid(torch.cat([t, torch.zeros(1)]))
