@@ -607,6 +607,8 @@ class DiscreteSchedule(VPSchedule):
         N = self.table.n_train_steps
         knots = self._knots.to(device=t.device, dtype=t.dtype)
         pos = t * N
+        # snap float32 round-off of t = n/N onto the knot, so the grid values are exact
+        pos = torch.where((pos - torch.round(pos)).abs() < 1e-3, torch.round(pos), pos)
         k = torch.clamp(torch.floor(pos), 0, N - 1).long()
         w = pos - k
         lam = knots[k] + w * (knots[k + 1] - knots[k])
