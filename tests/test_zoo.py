@@ -1,0 +1,91 @@
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib import zoo
+from course_lib.profiles import get_profile
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+
+def _fit(model, config, progress):
+    with torch.no_grad():
+        model.lin.weight.fill_(config["value"])
+        model.lin.bias.zero_()
+    _fit.calls += 1
+    return model, {"trained_value": float(config["value"])}
+
+
+_fit.calls = 0
+
+
+@pytest.fixture
+def tiny_recipe(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    value = {"v": 3.0}
+    recipe = zoo.Recipe("tiny", "classifier", lambda profile: {"value": value["v"], "profile": profile.name},
+                        lambda config: Tiny(), _fit, "a test model")
+    monkeypatch.setitem(zoo.RECIPES, "tiny", recipe)
+    _fit.calls = 0
+    return value
+
+
+def test_trains_once_then_loads_from_the_cache(tiny_recipe, tmp_path):
+    quick = get_profile("quick")
+    first = zoo.load("tiny", profile=quick, device="cpu", progress=False)
+    second = zoo.load("tiny", profile=quick, device="cpu", progress=False)
+    assert first.trained_now and not second.trained_now and _fit.calls == 1
+    assert float(second.model.lin.weight[0, 0]) == 3.0
+    assert second.metrics == {"trained_value": 3.0}
+    assert not any(p.suffix == ".tmp" for p in tmp_path.iterdir())  # atomic write left nothing behind
+    assert not any(p.requires_grad for p in second.model.parameters())
+
+
+def test_config_change_gives_a_new_file(tiny_recipe):
+    quick = get_profile("quick")
+    a = zoo.cache_path("tiny", quick)
+    tiny_recipe["v"] = 4.0
+    b = zoo.cache_path("tiny", quick)
+    assert a != b and a.name.startswith("tiny-")
+    assert zoo.cache_path("tiny", get_profile("classroom")) != b  # the profile is part of the key
+    assert float(zoo.pretrained("tiny", profile=quick, device="cpu", progress=False).lin.weight[0, 0]) == 4.0
+
+
+@pytest.mark.parametrize("payload", [b"not a torch file", None])
+def test_corrupt_or_unsafe_cache_is_rebuilt(tiny_recipe, payload):
+    quick = get_profile("quick")
+    path = zoo.cache_path("tiny", quick)
+    if payload is None:  # a pickle that would run code: refused by weights_only loading
+        torch.save({"name": "tiny", "evil": warnings.WarningMessage}, path)
+    else:
+        path.write_bytes(payload)
+    with pytest.warns(UserWarning, match="unusable cache file"):
+        entry = zoo.load("tiny", profile=quick, device="cpu", progress=False)
+    assert entry.trained_now and _fit.calls == 1
+    assert not zoo.load("tiny", profile=quick, device="cpu", progress=False).trained_now
+
+
+def test_a_file_for_another_config_is_not_trusted(tiny_recipe):
+    quick = get_profile("quick")
+    path = zoo.cache_path("tiny", quick)
+    torch.save({"name": "tiny", "config": {"value": 99.0, "profile": "quick"}, "state_dict": Tiny().state_dict()}, path)
+    with pytest.warns(UserWarning, match="does not match"):
+        assert zoo.load("tiny", profile=quick, device="cpu", progress=False).trained_now
+
+
+def test_unknown_names_and_kinds():
+    with pytest.raises(ValueError, match="unknown zoo model"):
+        zoo.pretrained("stable_diffusion")
+    with pytest.raises(ValueError, match="not a diffusion denoiser"):
+        zoo.pretrained_denoiser("digit_classifier")
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "c"))
+    assert zoo.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
