@@ -35,13 +35,16 @@ lab: setup
 unit: setup
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile tests course_lib --doctest-modules
 
+# The models the notebooks load, trained from scratch into the checkout's cache.
+ZOO_MODELS := digit_classifier digits_unet
+
 zoo: setup
-	$(TEST_ENV) $(BIN)/python -m course_lib.zoo build
+	$(TEST_ENV) $(BIN)/python -m course_lib.zoo build $(ZOO_MODELS)
 
 notebooks: setup
+	NB=$$($(BIN)/python -m course_lib.manifest notebooks) || exit 1; \
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider \
-		--nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
-		$$($(BIN)/python -m course_lib.manifest notebooks)
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=900 $$NB
 
 test: unit zoo notebooks
 
