@@ -1,0 +1,161 @@
+"""Procedurally rendered coloured shapes with labels, captions, masks and edge maps.
+
+Each image shows one shape (``SHAPE_NAMES``) in one colour (``COLOR_NAMES``) and one of
+two sizes (``SIZE_NAMES``) at a random position on a plain black background. Next to the
+RGB image a batch carries everything the conditional chapters need: the class label
+(guidance), a caption such as "a small red circle" (text conditioning), the binary mask
+and its edge map (ControlNet).
+
+Rendering: a shape of half-extent r (pixels) centred at (c_x, c_y) is tested on a
+4 x 4 sub-pixel grid per pixel; the fraction of covered sub-pixels is the coverage
+a in [0, 1] (anti-aliasing). The image is background + a * (colour - background), the
+mask is a >= 1/2, and the edge map marks mask pixels with a non-mask pixel among their
+8 neighbours (outside the image counts as non-mask).
+
+Half-extent r: "small" draws r / size in [0.19, 0.24], "large" in [0.30, 0.38]; the
+centre is uniform where the whole shape fits inside the image.
+
+>>> import torch
+>>> batch = shapes(4, size=16, generator=torch.Generator().manual_seed(0))
+>>> batch.images.shape, batch.masks.shape, batch.labels.dtype
+(torch.Size([4, 3, 16, 16]), torch.Size([4, 1, 16, 16]), torch.int64)
+>>> batch.captions[0] == caption(int(batch.labels[0]), int(batch.color_ids[0]), int(batch.size_ids[0]))
+True
+
+Introduced in chapter 11 (used again in chapters 12, 13 and 15).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["COLOR_NAMES", "COLOR_VALUES", "SHAPE_NAMES", "SIZE_NAMES", "ShapesBatch", "caption", "shapes"]
+
+SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+COLOR_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
+SIZE_NAMES: tuple[str, ...] = ("small", "large")
+
+# RGB in [-1, 1] for each entry of COLOR_NAMES; the background is black (-1, -1, -1).
+COLOR_VALUES = torch.tensor(
+    [
+        [1.0, -1.0, -1.0],  # red
+        [-1.0, 1.0, -1.0],  # green
+        [-1.0, -1.0, 1.0],  # blue
+        [1.0, 1.0, -1.0],  # yellow
+        [1.0, -1.0, 1.0],  # magenta
+        [-1.0, 1.0, 1.0],  # cyan
+    ]
+)
+BACKGROUND = -1.0
+_RADIUS_RANGE = {0: (0.19, 0.24), 1: (0.30, 0.38)}  # size id -> r / size
+_SUPERSAMPLE = 4
+
+
+@dataclass
+class ShapesBatch:
+    """A batch of rendered shapes.
+
+    Attributes:
+        images: (n, 3, size, size) float32 RGB in [-1, 1].
+        labels: (n,) int64 shape class, index into ``SHAPE_NAMES``.
+        color_ids: (n,) int64 index into ``COLOR_NAMES``.
+        size_ids: (n,) int64 index into ``SIZE_NAMES`` (0 small, 1 large).
+        captions: n strings "a {size} {colour} {shape}".
+        masks: (n, 1, size, size) float32 in {0, 1}, 1 on the shape.
+        edges: (n, 1, size, size) float32 in {0, 1}, the boundary pixels of the mask.
+
+    Introduced in chapter 11.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    color_ids: torch.Tensor
+    size_ids: torch.Tensor
+    captions: list[str]
+    masks: torch.Tensor
+    edges: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def caption(label: int, color_id: int, size_id: int) -> str:
+    """The caption "a {size} {colour} {shape}" of one image, e.g. "a small red circle".
+
+    >>> caption(0, 0, 0)
+    'a small red circle'
+
+    Introduced in chapter 15.
+    """
+    for value, names, what in ((label, SHAPE_NAMES, "label"), (color_id, COLOR_NAMES, "color_id"),
+                               (size_id, SIZE_NAMES, "size_id")):
+        if not 0 <= int(value) < len(names):
+            raise ValueError(f"caption: {what} must be in 0..{len(names) - 1}, got {value!r}")
+    return f"a {SIZE_NAMES[size_id]} {COLOR_NAMES[color_id]} {SHAPE_NAMES[label]}"
+
+
+def _inside(label: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Whether the offsets (dx, dy) from the centre lie inside the shape of half-extent r.
+
+    label: (n, 1, 1); dx, dy: (n, P, P) offsets in pixels (y points down); r: (n, 1, 1).
+    """
+    ax, ay = dx.abs(), dy.abs()
+    circle = dx**2 + dy**2 <= r**2
+    square = torch.maximum(ax, ay) <= 0.8 * r  # 0.8 r keeps the area close to the circle's
+    # upright isosceles triangle: apex (0, -r), base corners (+-r, r)
+    triangle = (dy <= r) & (ax <= (dy + r) / 2)
+    arm = r / 3
+    cross = ((ax <= arm) & (ay <= r)) | ((ay <= arm) & (ax <= r))
+    inside = torch.stack([circle, square, triangle, cross], dim=0)  # (4, n, P, P)
+    return torch.gather(inside, 0, label.expand_as(dx).unsqueeze(0)).squeeze(0)  # (n, P, P)
+
+
+def shapes(n: int, *, size: int = 16, generator: torch.Generator | None = None) -> ShapesBatch:
+    """Render ``n`` random coloured shapes.
+
+    Args:
+        n: number of images, n >= 1.
+        size: image side in pixels, 8 <= size (16 and 28 are the course's sizes).
+        generator: source of every random draw (class, colour, size, radius, position);
+            the same seed gives the same batch.
+
+    Returns:
+        A ``ShapesBatch``: images (n, 3, size, size) in [-1, 1], labels, color_ids,
+        size_ids (n,), captions, masks and edges (n, 1, size, size) in {0, 1}.
+
+    Introduced in chapter 11.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"shapes: n must be a positive int, got {n!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"shapes: size must be an int >= 8 (16 and 28 are typical), got {size!r}")
+    labels = torch.randint(0, len(SHAPE_NAMES), (n,), generator=generator)  # (n,)
+    color_ids = torch.randint(0, len(COLOR_NAMES), (n,), generator=generator)  # (n,)
+    size_ids = torch.randint(0, len(SIZE_NAMES), (n,), generator=generator)  # (n,)
+    lo = torch.tensor([_RADIUS_RANGE[0][0], _RADIUS_RANGE[1][0]])[size_ids]
+    hi = torch.tensor([_RADIUS_RANGE[0][1], _RADIUS_RANGE[1][1]])[size_ids]
+    r = size * (lo + (hi - lo) * torch.rand(n, generator=generator))  # (n,) half-extent in pixels
+    # centre uniform in [r, size - r] so that the shape stays inside the image
+    centre = r[:, None] + (size - 2 * r[:, None]) * torch.rand(n, 2, generator=generator)  # (n, 2) (x, y)
+
+    # sub-pixel sample positions, pixel k covers [k, k + 1)
+    P = size * _SUPERSAMPLE
+    coords = (torch.arange(P, dtype=torch.float32) + 0.5) / _SUPERSAMPLE  # (P,)
+    dx = coords[None, None, :] - centre[:, 0, None, None]  # (n, 1, P)
+    dy = coords[None, :, None] - centre[:, 1, None, None]  # (n, P, 1)
+    dx, dy = torch.broadcast_tensors(dx, dy)  # (n, P, P)
+    inside = _inside(labels[:, None, None], dx, dy, r[:, None, None])  # (n, P, P)
+    coverage = F.avg_pool2d(inside.to(torch.float32).unsqueeze(1), _SUPERSAMPLE)  # (n, 1, size, size)
+
+    colour = COLOR_VALUES[color_ids][:, :, None, None]  # (n, 3, 1, 1)
+    images = BACKGROUND + coverage * (colour - BACKGROUND)  # (n, 3, size, size)
+    masks = (coverage >= 0.5).to(torch.float32)  # (n, 1, size, size)
+    outside = F.pad(1.0 - masks, (1, 1, 1, 1), value=1.0)  # (n, 1, size + 2, size + 2)
+    near_outside = F.max_pool2d(outside, kernel_size=3, stride=1)  # (n, 1, size, size)
+    edges = masks * near_outside  # (n, 1, size, size)
+    captions = [caption(int(a), int(b), int(c)) for a, b, c in zip(labels, color_ids, size_ids)]
+    return ShapesBatch(images=images, labels=labels, color_ids=color_ids, size_ids=size_ids,
+                       captions=captions, masks=masks, edges=edges)
