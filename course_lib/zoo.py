@@ -211,6 +211,7 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is readable like any other file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
