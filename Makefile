@@ -5,10 +5,11 @@
 #
 # TORCH_SPEC pins the torch build installed into the fresh environment. The default
 # resolves to the local CPU wheel on the course machines and to the standard (CUDA on
-# Linux, MPS on macOS) build from PyPI elsewhere. To keep a torch you already have,
-# run e.g. `make lab TORCH_SPEC=torch` inside an environment that has it.
+# Linux, MPS on macOS) build from PyPI elsewhere. To reuse a torch already installed in
+# the Python you run make with: `make lab VENV_FLAGS=--system-site-packages TORCH_SPEC=torch`.
 PYTHON ?= python3
 VENV ?= .venv
+VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 KERNEL_NAME := diffusion-course
 BIN := $(VENV)/bin
@@ -21,7 +22,7 @@ TEST_ENV := COURSE_CACHE_DIR=$(CURDIR)/.model_cache OMP_NUM_THREADS=1 MKL_NUM_TH
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
