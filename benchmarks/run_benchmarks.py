@@ -58,40 +58,11 @@ class Result:
         return self.error is None and self.wall_s <= self.budget_s
 
 
-def _current_env_kernel_manager_class():
-    """An AsyncKernelManager whose every kernel spec runs ipykernel in *this* interpreter,
-    so the notebooks see exactly the packages of the environment running the benchmark."""
-    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-    from jupyter_client.manager import AsyncKernelManager
-
-    class CurrentEnvSpecs(KernelSpecManager):
-        def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-            return KernelSpec(
-                argv=[
-                    sys.executable,
-                    "-Xfrozen_modules=off",
-                    "-m",
-                    "ipykernel_launcher",
-                    "-f",
-                    "{connection_file}",
-                ],
-                display_name=f"Python {platform.python_version()} ({sys.prefix})",
-                language="python",
-                resource_dir="",
-            )
-
-    class CurrentEnvKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs):
-            kwargs.setdefault("kernel_spec_manager", CurrentEnvSpecs())
-            super().__init__(**kwargs)
-
-    return CurrentEnvKernelManager
-
-
 def run_chapter(chapter: Chapter, root: Path, report_dir: Path, timeout: int) -> Result:
     """Execute one chapter notebook in a fresh kernel and collect its recorded figures."""
     import nbformat
-    from nbclient import NotebookClient
+
+    from course_lib.execution import execute_notebook
 
     path = root / chapter.file
     report_file = report_dir / f"{chapter.id}.jsonl"
@@ -99,18 +70,10 @@ def run_chapter(chapter: Chapter, root: Path, report_dir: Path, timeout: int) ->
     env[REPORT_ENV] = str(report_file)
     env[CHAPTER_ENV] = chapter.id
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name=nb.metadata.get("kernelspec", {}).get("name") or "python3",
-        kernel_manager_class=_current_env_kernel_manager_class(),
-        resources={"metadata": {"path": str(path.parent)}},
-        allow_errors=False,
-    )
     error = None
     start = time.perf_counter()
     try:
-        client.execute(env=env)
+        execute_notebook(nb, path.parent, timeout=timeout, env=env)
     except Exception as exc:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
         text = str(exc).strip() or "".join(traceback.format_exception_only(type(exc), exc))
         error = f"{type(exc).__name__}: {text}"

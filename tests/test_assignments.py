@@ -1,0 +1,67 @@
+"""Student versions and grading on a small synthetic exercise notebook (real chapters use the same markup)."""
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from course_lib.assignments import grade, graded_cells, strip_regions, student_version
+
+
+def _nb():
+    sol = new_code_cell("def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION")
+    sol.metadata["nbgrader"] = {"solution": True, "grade": False, "grade_id": "ex1-solution", "locked": False}
+    test = new_code_cell("assert square(3) == 9\n### BEGIN HIDDEN TESTS\nassert square(-2) == 4\n### END HIDDEN TESTS")
+    test.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": "ex1-test", "points": 2, "locked": True}
+    free = new_code_cell("y = 1")
+    test2 = new_code_cell("assert y == 1")
+    test2.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": "ex2-test", "points": 1, "locked": True}
+    answer = new_markdown_cell("### BEGIN SOLUTION\nBecause the variance adds.\n### END SOLUTION")
+    answer.metadata["nbgrader"] = {"solution": True, "grade": False, "grade_id": "ex3-answer", "locked": False}
+    return new_notebook(cells=[new_markdown_cell("# Exercises"), sol, test, free, test2, answer])
+
+
+def test_student_version_removes_solutions_and_hidden_tests():
+    student = student_version(_nb())
+    sources = [c.source for c in student.cells]
+    assert "return x * x" not in sources[1] and "raise NotImplementedError()" in sources[1]
+    assert "def square(x):" in sources[1]
+    assert "square(-2)" not in sources[2] and "square(3) == 9" in sources[2]
+    assert sources[5] == "YOUR ANSWER HERE"
+
+
+def test_solution_scores_full_marks_and_untouched_student_version_does_not(tmp_path):
+    full = grade(_nb(), cwd=tmp_path, timeout=60)
+    assert full.total == full.max_total == 3.0
+    student = grade(student_version(_nb()), reference=_nb(), cwd=tmp_path, timeout=60)
+    assert student.scores == {"ex1-test": 0.0, "ex2-test": 1.0}
+    assert "NotImplementedError" in student.errors["ex1-test"]
+    assert "total" in student.table()
+
+
+def test_edited_or_deleted_tests_are_restored_from_the_reference(tmp_path):
+    cheat = student_version(_nb())
+    cheat.cells[2].source = "pass"        # a student 'fixes' the test
+    del cheat.cells[4]                    # and deletes another
+    report = grade(cheat, reference=_nb(), cwd=tmp_path, timeout=60)
+    assert report.scores["ex1-test"] == 0.0
+    assert report.scores["ex2-test"] == 0.0 and "deleted" in report.errors["ex2-test"]
+
+
+def test_markup_errors_are_reported():
+    with pytest.raises(ValueError, match="without a matching"):
+        strip_regions("### BEGIN SOLUTION\nx = 1", "code")
+    with pytest.raises(ValueError, match="cell_type"):
+        strip_regions("x", "raw")
+    nb = _nb()
+    nb.cells[4].metadata["nbgrader"]["grade_id"] = "ex1-test"
+    with pytest.raises(ValueError, match="duplicate"):
+        graded_cells(nb)
+
+
+def test_cli_writes_student_notebooks(tmp_path):
+    from course_lib.assignments import _main
+
+    src = tmp_path / "ex.ipynb"
+    nbformat.write(_nb(), str(src))
+    assert _main(["student", str(src), "-o", str(tmp_path / "release")]) == 0
+    out = nbformat.read(str(tmp_path / "release" / "ex.ipynb"), as_version=4)
+    assert "return x * x" not in out.cells[1].source
