@@ -203,45 +203,6 @@ def multi_head_attention(
     return out.transpose(1, 2).reshape(batch, n, channels)  # (B, N, C)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over the H*W positions of a feature map, with a residual.
-
-        h   = GroupNorm(x) viewed as (B, H*W, C)
-        out = x + to_out(Attention(to_q(h), to_k(h), to_v(h)))
-
-    Args:
-        channels: C; num_heads and groups must divide it.
-        num_heads: number of attention heads.
-        groups: GroupNorm groups.
-
-    Introduced in chapter 03.
-    """
-
-    def __init__(self, channels: int, num_heads: int = 4, groups: int = 8) -> None:
-        super().__init__()
-        _check_positive_int("channels", channels)
-        _check_positive_int("num_heads", num_heads)
-        _check_groups(groups, channels, "a SelfAttention block")
-        if channels % num_heads:
-            raise ValueError(
-                f"num_heads={num_heads} must divide the channels of every attention block, "
-                f"got {channels} channels"
-            )
-        self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, channels)
-        self.to_q = nn.Linear(channels, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
-        self.to_out = nn.Linear(channels, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        out = multi_head_attention(self.to_q(h), self.to_k(h), self.to_v(h), self.num_heads)
-        out = self.to_out(out)  # (B, H*W, C)
-        return x + out.transpose(1, 2).reshape(batch, channels, height, width)
-
-
 class CrossAttention(nn.Module):
     """Multi-head cross-attention from a feature map to a context sequence, with a residual.
 
@@ -265,7 +226,7 @@ class CrossAttention(nn.Module):
         _check_positive_int("channels", channels)
         _check_positive_int("context_dim", context_dim)
         _check_positive_int("num_heads", num_heads)
-        _check_groups(groups, channels, "a CrossAttention block")
+        _check_groups(groups, channels, f"a {type(self).__name__} block")
         if channels % num_heads:
             raise ValueError(
                 f"num_heads={num_heads} must divide the channels of every attention block, "
@@ -278,14 +239,40 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, channels)
         self.to_out = nn.Linear(channels, channels)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
         out = multi_head_attention(
             self.to_q(h), self.to_k(context), self.to_v(context), self.num_heads
         )  # (B, H*W, C)
         out = self.to_out(out)
         return x + out.transpose(1, 2).reshape(batch, channels, height, width)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        return self._attend(x, h, context)
+
+
+class SelfAttention(CrossAttention):
+    """Multi-head self-attention over the H*W positions of a feature map, with a residual:
+    cross-attention whose context is the feature map itself.
+
+        h   = GroupNorm(x) viewed as (B, H*W, C)
+        out = x + to_out(Attention(to_q(h), to_k(h), to_v(h)))
+
+    Args:
+        channels: C; num_heads and groups must divide it.
+        num_heads: number of attention heads.
+        groups: GroupNorm groups.
+
+    Introduced in chapter 03.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 4, groups: int = 8) -> None:
+        super().__init__(channels, channels, num_heads, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        return self._attend(x, h, h)
 
 
 class Downsample(nn.Module):
