@@ -7,7 +7,8 @@ L_simple (Ho et al. 2020, arXiv:2006.11239, eq. 14, Algorithm 1):
 Other parameterisations regress their own target (x0, v, velocity) the same way.
 Weighted forms put a weight w(t) on the eps-space error ||eps - eps_hat||^2:
 
-* ``"snr"``: w = SNR(t) (= the x0-space error);
+* ``"x0"``: w = 1 / SNR(t), so the loss is the x0-space error ||x0 - x0_hat||^2
+  (since x0 - x0_hat = (sigma_t / alpha_t)(eps_hat - eps));
 * ``"min_snr"``: w = min(SNR(t), gamma) / SNR(t) (Hang et al. 2023, arXiv:2303.09556, eq. 9);
 * ``"elbo"``: w = -1/2 d lambda/dt, the continuous-time ELBO (Kingma et al. 2021,
   arXiv:2107.00630, eq. 17), summed (not averaged) over dimensions.
@@ -22,7 +23,7 @@ from .schedules import broadcast_to
 
 __all__ = ["WEIGHTINGS", "diffusion_loss"]
 
-WEIGHTINGS = ("simple", "snr", "min_snr", "elbo")
+WEIGHTINGS = ("simple", "x0", "min_snr", "elbo")
 
 
 def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -64,8 +65,8 @@ def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, *, generator: torch.Gen
         eps_hat = to_eps(denoiser.prediction, output, x_t, schedule, t)
         err = (eps_hat - eps) ** 2
         snr = schedule.snr(t).to(x0.dtype)
-        if weighting == "snr":
-            per_example = (broadcast_to(snr, x0) * err).mean(dim=dims)
+        if weighting == "x0":
+            per_example = (broadcast_to(1.0 / snr, x0) * err).mean(dim=dims)
         elif weighting == "min_snr":
             w = torch.clamp(snr, max=gamma) / snr
             per_example = (broadcast_to(w, x0) * err).mean(dim=dims)

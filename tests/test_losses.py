@@ -25,7 +25,7 @@ def test_oracle_has_zero_loss_and_weightings_agree_on_it(gen):
     x0, eps = torch.randn(16, 2, generator=gen), torch.randn(16, 2, generator=gen)
     t = torch.rand(16, generator=gen) * 0.9 + 0.05
     den = Denoiser(lambda x, tt: eps, sched, "eps")
-    for w in ("simple", "snr", "min_snr", "elbo"):
+    for w in ("simple", "x0", "min_snr", "elbo"):
         assert float(diffusion_loss(den, x0, t=t, eps=eps, weighting=w)) < 1e-10
 
 
@@ -35,8 +35,9 @@ def test_weightings_relate_as_documented(gen):
     t = torch.rand(16, generator=gen) * 0.9 + 0.05
     den = Denoiser(lambda x, tt: torch.zeros_like(x), sched, "eps")
     simple = diffusion_loss(den, x0, t=t, eps=eps, reduction="none")
-    snr = diffusion_loss(den, x0, t=t, eps=eps, weighting="snr", reduction="none")
-    torch.testing.assert_close(snr, simple * sched.snr(t), rtol=1e-4, atol=1e-6)
+    x0_weighted = diffusion_loss(den, x0, t=t, eps=eps, weighting="x0", reduction="none")
+    x0_error = ((den(sched.add_noise(x0, t, eps), t) - x0) ** 2).mean(dim=1)
+    torch.testing.assert_close(x0_weighted, x0_error, rtol=1e-4, atol=1e-6)
     min_snr = diffusion_loss(den, x0, t=t, eps=eps, weighting="min_snr", reduction="none")
     torch.testing.assert_close(min_snr, simple * torch.clamp(sched.snr(t), max=5.0) / sched.snr(t), rtol=1e-4, atol=1e-6)
     elbo = diffusion_loss(den, x0, t=t, eps=eps, weighting="elbo", reduction="none")
