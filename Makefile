@@ -12,6 +12,7 @@ VENV ?= .venv
 VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 KERNEL_NAME := diffusion-course
+LAB_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 # Tests train what they test: a cache inside the checkout, never the home folder.
@@ -31,7 +32,7 @@ $(STAMP): pyproject.toml
 
 lab: setup
 	$(BIN)/python -m course_lib.device
-	$(BIN)/jupyter lab --notebook-dir=chapters chapters/00_start_here.ipynb
+	$(BIN)/jupyter lab --notebook-dir=chapters $(LAB_ARGS) chapters/00_start_here.ipynb
 
 unit: setup
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile tests course_lib --doctest-modules
