@@ -38,7 +38,8 @@ from torch import nn
 from . import __version__
 from .profiles import Profile, current_profile
 
-__all__ = ["RECIPES", "Recipe", "cache_dir", "cache_path", "pretrained", "pretrained_denoiser", "build", "ZOO_FORMAT"]
+__all__ = ["RECIPES", "Recipe", "cache_dir", "cache_path", "pretrained", "pretrained_denoiser", "build",
+           "cached_tensor", "ZOO_FORMAT"]
 
 ZOO_FORMAT = 1  # bump when the file layout changes
 
@@ -298,11 +299,94 @@ def pretrained_denoiser(name: str, **kwargs):
     return Denoiser(entry.model, _schedule_from_config(entry.config), entry.config["prediction"], x0_range=x0_range)
 
 
+def cached_tensor(name: str, config: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A tensor computed once and cached like the models (samples of an expensive sampler, say).
+
+    The file is ``<cache>/<name>-<hash of config>.pt``, written atomically and loaded with
+    ``weights_only=True``; a corrupt file or one for another configuration is recomputed.
+    ``config`` must be JSON-able and must determine the result (include the seed, the
+    sampler and the model's zoo name and profile).
+
+    Args:
+        name: a short name for the file.
+        config: the JSON-able description of what ``compute`` returns.
+        compute: called without arguments when the cache has no usable file.
+    """
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"name must be a non-empty file-name-safe string, got {name!r}")
+    try:
+        key = _config_key(name, config)
+    except TypeError as err:
+        raise ValueError(f"config must be JSON-able: {err}") from None
+    path = cache_dir() / f"{name}-{key}.pt"
+    if path.exists():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or blob.get("name") != name or blob.get("config") != config:
+                raise ValueError("the file's configuration does not match")
+            if not isinstance(blob.get("tensor"), torch.Tensor):
+                raise ValueError("the file holds no tensor")
+            return blob["tensor"]
+        except Exception as err:
+            warnings.warn(f"zoo: ignoring unusable cache file {path.name} ({type(err).__name__}: {err}); recomputing",
+                          stacklevel=2)
+    tensor = compute()
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"compute() must return a torch.Tensor, got {type(tensor).__name__}")
+    tensor = tensor.detach().cpu().contiguous()
+    _atomic_save({"name": name, "config": config, "tensor": tensor, "version": __version__}, path)
+    return tensor
+
+
+def _digits_ddpm1000_config(profile: Profile) -> dict:
+    return {"model": "digits_unet", "model_file": cache_path("digits_unet", profile).name, "sampler": "ddpm",
+            "grid": ["ddpm_grid", 1000, 1000, "trailing"], "n": profile.digits_n_samples, "batch_size": 250,
+            "seed": 0}
+
+
+def _digits_ddpm1000_compute(config: dict, profile: Profile) -> torch.Tensor:
+    from .samplers import ddpm_step, prior_sample, sample
+    from .time_grids import ddpm_grid
+
+    denoiser = pretrained_denoiser(config["model"], profile=profile)
+    device = next(denoiser.net.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(config["seed"])
+    grid = ddpm_grid(*config["grid"][1:])
+    out = []
+    for start in range(0, config["n"], config["batch_size"]):
+        b = min(config["batch_size"], config["n"] - start)
+        x_T = prior_sample(denoiser.schedule, (b, 1, 8, 8), generator=generator, device=device)
+        out.append(sample(denoiser, x_T, grid, ddpm_step, generator=generator).cpu())
+    return torch.cat(out)
+
+
+# Sample sets: expensive reference samples, cached like models (name -> (config, compute)).
+SAMPLE_SETS: dict[str, tuple[Callable[[Profile], dict], Callable[[dict, Profile], torch.Tensor]]] = {
+    "digits_unet_ddpm1000": (_digits_ddpm1000_config, _digits_ddpm1000_compute),
+}
+
+
+def sample_set(name: str, *, profile: Profile | None = None) -> torch.Tensor:
+    """Reference samples ``name`` of ``SAMPLE_SETS`` (e.g. 1,000-step ancestral samples of the digit
+    U-Net), computed on first use and cached with :func:`cached_tensor`. Shape (n, C, H, W), CPU."""
+    if name not in SAMPLE_SETS:
+        raise ValueError(f"unknown sample set {name!r}; expected one of {sorted(SAMPLE_SETS)}")
+    profile = profile or current_profile()
+    config_fn, compute_fn = SAMPLE_SETS[name]
+    config = config_fn(profile)
+    return cached_tensor(name, config, lambda: compute_fn(config, profile))
+
+
 def build(names=None, *, profile: Profile | None = None, progress: bool = False) -> list[dict]:
     """Train (or load) several zoo models; returns one row per model."""
     rows = []
-    for name in names or sorted(RECIPES):
+    for name in names or sorted(RECIPES) + sorted(SAMPLE_SETS):
         start = time.perf_counter()
+        if name in SAMPLE_SETS:
+            tensor = sample_set(name, profile=profile)
+            rows.append({"name": name, "trained_now": None, "seconds": time.perf_counter() - start,
+                         "metrics": {"shape": "x".join(map(str, tensor.shape))}, "file": None})
+            continue
         entry = load(name, profile=profile, progress=progress, device="cpu")
         rows.append({"name": name, "trained_now": entry.trained_now, "seconds": time.perf_counter() - start,
                      "metrics": entry.metrics, "file": entry.path.name})
@@ -311,11 +395,14 @@ def build(names=None, *, profile: Profile | None = None, progress: bool = False)
 
 def _main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("build", "list"):
-        print("usage: python -m course_lib.zoo build [NAME ...] | list", file=sys.stderr)
+        print("usage: python -m course_lib.zoo build [NAME ...] | list  (NAME: a model or a sample set)",
+              file=sys.stderr)
         return 2
     if argv[0] == "list":
         for name, recipe in sorted(RECIPES.items()):
             print(f"{name:22s} {recipe.description}")
+        for name in sorted(SAMPLE_SETS):
+            print(f"{name:22s} cached reference samples")
         return 0
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     profile = current_profile()

@@ -89,3 +89,40 @@ def test_unknown_names_and_kinds():
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "c"))
     assert zoo.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+
+
+def test_cached_tensor_computes_once_and_rebuilds_corrupt_files(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(6.0).reshape(2, 3)
+
+    config = {"sampler": "ddpm", "steps": 1000, "seed": 0}
+    a = zoo.cached_tensor("samples", config, compute)
+    b = zoo.cached_tensor("samples", config, compute)
+    assert torch.equal(a, b) and len(calls) == 1
+    zoo.cached_tensor("samples", {**config, "seed": 1}, compute)  # another config, another file
+    assert len(calls) == 2
+    path = next(p for p in tmp_path.iterdir() if p.name.startswith("samples-") and zoo._config_key("samples", config) in p.name)
+    path.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="recomputing"):
+        assert torch.equal(zoo.cached_tensor("samples", config, compute), a)
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="torch.Tensor"):
+        zoo.cached_tensor("other", config, lambda: [1, 2])
+    with pytest.raises(ValueError, match="JSON-able"):
+        zoo.cached_tensor("other", {"f": compute}, compute)
+    with pytest.raises(ValueError, match="file-name-safe"):
+        zoo.cached_tensor("a/b", config, compute)
+
+
+def test_sample_sets_are_keyed_by_the_model_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    quick = get_profile("quick")
+    config = zoo.SAMPLE_SETS["digits_unet_ddpm1000"][0](quick)
+    assert config["model_file"] == zoo.cache_path("digits_unet", quick).name
+    assert config["n"] == quick.digits_n_samples
+    with pytest.raises(ValueError, match="unknown sample set"):
+        zoo.sample_set("cifar_samples")
