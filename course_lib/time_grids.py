@@ -10,6 +10,8 @@ tensor([1.0000, 0.7500, 0.5000, 0.2500, 0.0000])
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, Schedule
@@ -91,10 +93,10 @@ def karras_grid(schedule: Schedule, n_steps: int, *, sigma_min: float | None = N
     _check_steps(n_steps)
     if not (rho > 0):
         raise ValueError(f"rho must be positive, got {rho}")
-    lam_lo = float(schedule.log_snr(torch.tensor(1.0)))
-    lam_hi = float(schedule.log_snr(torch.tensor(1e-3)))
-    s_max = sigma_max if sigma_max is not None else float(torch.exp(torch.tensor(-lam_lo / 2)))
-    s_min = sigma_min if sigma_min is not None else float(torch.exp(torch.tensor(-lam_hi / 2)))
+    lam_lo = float(schedule.log_snr(torch.tensor(1.0, dtype=torch.float64)))
+    lam_hi = float(schedule.log_snr(torch.tensor(1e-3, dtype=torch.float64)))
+    s_max = sigma_max if sigma_max is not None else math.exp(-lam_lo / 2)
+    s_min = sigma_min if sigma_min is not None else math.exp(-lam_hi / 2)
     if not (0 < s_min < s_max):
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={s_min}, sigma_max={s_max}")
     i = torch.arange(n_steps, dtype=torch.float64)
@@ -111,8 +113,8 @@ def log_snr_grid(schedule: Schedule, n_steps: int, *, t_start: float = 1.0, t_en
     _check_steps(n_steps)
     if not (0 < t_end < t_start <= 1):
         raise ValueError(f"need 0 < t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}")
-    lam0 = float(schedule.log_snr(torch.tensor(t_start)))
-    lam1 = float(schedule.log_snr(torch.tensor(t_end)))
+    lam0 = float(schedule.log_snr(torch.tensor(t_start, dtype=torch.float64)))
+    lam1 = float(schedule.log_snr(torch.tensor(t_end, dtype=torch.float64)))
     lam = torch.linspace(lam0, lam1, n_steps, dtype=torch.float64)
     t = schedule.t_from_log_snr(lam).to(torch.float32)
     return check_grid(torch.cat([t, torch.zeros(1)]))

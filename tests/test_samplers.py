@@ -135,3 +135,11 @@ def test_time_grids():
 def test_bad_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("schedule", [VPLinear(), VPCosine(), RectifiedFlow(), VE()], ids=lambda s: type(s).__name__)
+def test_log_snr_and_karras_grids_start_at_t_equal_one(schedule):
+    """Regression: the float32 log-SNR at t = 1 must not fall outside the float64 range."""
+    for grid in (log_snr_grid(schedule, 5), karras_grid(schedule, 5)):
+        # (schedules whose log-SNR is clipped at -20 near t = 1 start where the clip begins)
+        assert abs(float(grid[0]) - 1.0) < 1e-4 and float(grid[-1]) == 0.0

@@ -1,0 +1,122 @@
+r"""The forward and reverse SDEs of an affine path, and the Euler-Maruyama step (introduced in chapter 06).
+
+**Forward SDE.** The path x_t = alpha_t x0 + sigma_t eps is the marginal of the linear SDE
+(Song et al. 2021, arXiv:2011.13456, eq. 5, with a drift linear in x)
+
+    dx = f(t) x dt + g(t) dW,       f(t) = d_alpha_t / alpha_t,
+                                    g(t)^2 = d(sigma_t^2)/dt - 2 f(t) sigma_t^2.
+
+Derivation: given x0, the SDE keeps x Gaussian, with mean m and variance v obeying
+m' = f m and v' = 2 f v + g^2. Matching m = alpha_t x0 gives f = alpha'_t / alpha_t; matching
+v = sigma_t^2 gives g^2 = (sigma_t^2)' - 2 f sigma_t^2. These are the correspondences of Kingma
+et al. 2021 ("Variational diffusion models", arXiv:2107.00630) as written in Lu et al. 2022
+(DPM-Solver, arXiv:2206.00927, sec. 2.1). Examples: VPLinear gives f = -beta(t)/2,
+g^2 = beta(t) (Song et al. 2021, eq. 11); VE gives f = 0, g^2 = d(sigma_t^2)/dt (eq. 9).
+
+**Reverse SDE.** Run backwards in time (Anderson 1982; Song et al. 2021, eq. 6),
+
+    dx = [f(t) x - g(t)^2 score(x, t)] dt + g(t) dW_bar,    score = -eps_hat / sigma_t,
+
+with dt < 0 and W_bar a Brownian motion in reverse time. It has the same marginals as the forward
+SDE; dropping the noise and halving the score term gives the probability-flow ODE of
+:mod:`course_lib.samplers.ode`.
+
+**Euler-Maruyama** over one step t -> s < t (Kloeden & Platen 1992, "Numerical solution of SDEs", ch. 9):
+
+    x_s = x_t + (s - t) [f(t) x_t - g(t)^2 score(x_t, t)] + g(t) sqrt(t - s) z,   z ~ N(0, I).
+
+Weak order 1: marginal moments are off by O(1/N) after N steps. No special last step: the
+final step to t = 0 adds noise of variance g(t)^2 (t - s) like every other step.
+
+>>> import torch
+>>> from course_lib.schedules import VPLinear
+>>> f, g2 = drift_and_diffusion(VPLinear(0.1, 20.0), torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64))
+>>> [round(v, 6) for v in g2.tolist()], [round(v, 6) for v in f.tolist()]   # beta(t) and -beta(t)/2
+([5.075, 10.05, 20.0], [-2.5375, -5.025, -10.0])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..schedules import Schedule, check_times
+from .ode import _check_moving, _check_noise, _check_step, _coefficients, _denoise
+
+__all__ = ["drift_and_diffusion", "euler_maruyama_step"]
+
+
+def drift_and_diffusion(schedule: Schedule, t) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""(f(t), g(t)^2) of the forward SDE dx = f(t) x dt + g(t) dW of an affine path.
+
+    f = d_alpha_t / alpha_t and g^2 = d(sigma_t^2)/dt - 2 f sigma_t^2 = 2 sigma_t (d_sigma_t - f sigma_t)
+    (Kingma et al. 2021, arXiv:2107.00630; Lu et al. 2022, arXiv:2206.00927, sec. 2.1; the
+    derivation is in this module's docstring). Computed in float64, returned in t's dtype.
+    Introduced in chapter 06.
+
+    Where a schedule clips its log-SNR (within ~1e-9 of t = 0 for VP schedules) its time
+    derivatives are 0 by design (see :mod:`course_lib.schedules`), and so are f and g^2 there;
+    the samplers never evaluate them at t = 0.
+
+    Args:
+        schedule: a :class:`~course_lib.schedules.Schedule`.
+        t: times in [0, 1], any shape, with alpha_t > 0 (f is infinite where alpha_t = 0).
+    Returns:
+        (f, g2), each of t's shape.
+    """
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a course_lib Schedule, got {type(schedule).__name__}")
+    t = check_times(t)
+    t64 = t.to(torch.float64)
+    alpha_t, sigma_t = schedule._alpha(t64), schedule._sigma(t64)
+    d_alpha_t, d_sigma_t = schedule._d_alpha(t64), schedule._d_sigma(t64)
+    if bool((alpha_t <= 0).any()):
+        raise ValueError(
+            "the drift f = d_alpha_t / alpha_t needs alpha_t > 0; this schedule has alpha_t = 0 at "
+            f"t={t64[alpha_t <= 0].tolist()} (start the SDE slightly below t = 1)"
+        )
+    f = d_alpha_t / alpha_t
+    g2 = 2 * sigma_t * (d_sigma_t - f * sigma_t)  # = d(sigma_t^2)/dt - 2 f sigma_t^2
+    return f.to(t.dtype), g2.to(t.dtype)
+
+
+def euler_maruyama_step(denoiser, x_t: torch.Tensor, t, s, *, state=None,
+                        generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
+    r"""One Euler-Maruyama step of the reverse SDE (Song et al. 2021, arXiv:2011.13456, eq. 6):
+
+        x_s = x_t + (s - t) [f(t) x_t - g(t)^2 score] + sqrt(g(t)^2 (t - s)) z,
+        score = -eps_hat / sigma_t,   eps_hat = (x_t - alpha_t x0_hat) / sigma_t.
+
+    One denoiser evaluation and one normal draw per step. Introduced in chapter 06.
+
+    Args:
+        denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
+        x_t: (B, ...) the state at time t.
+        t, s: 0-d times with 0 <= s < t <= 1, alpha_t > 0 and sigma_t > 0.
+        state: passed through.
+        generator: the source of z when ``noise`` is not given.
+        noise: optional z, standard normal of x_t's shape.
+    Returns:
+        (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), state).
+    """
+    t, s = _check_step(denoiser, x_t, t, s)
+    if noise is not None:
+        _check_noise(noise, x_t)
+    schedule = denoiser.schedule
+    alpha_t, sigma_t, _, _ = _coefficients(schedule, t)
+    if sigma_t == 0.0:
+        raise ValueError(f"the score -eps_hat / sigma_t needs sigma_t > 0, got sigma_t = 0 at t={float(t)}")
+    _check_moving(schedule, t)
+    f, g2 = (float(c) for c in drift_and_diffusion(schedule, t.to(torch.float64)))
+    if not (math.isfinite(f) and math.isfinite(g2) and g2 >= 0.0):
+        raise ValueError(f"the SDE needs finite f and g^2 >= 0 at t={float(t)}, got f={f}, g^2={g2}")
+    x0_hat = _denoise(denoiser, x_t, t)  # (B, ...)
+    eps_hat = (x_t - alpha_t * x0_hat) / sigma_t  # (B, ...)
+    score = -eps_hat / sigma_t  # (B, ...)
+    h = float(s.double() - t.double())  # negative
+    drift = f * x_t - g2 * score  # reverse-SDE drift, eq. 6
+    if noise is None:
+        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    x_s = x_t + h * drift + math.sqrt(g2 * -h) * noise
+    return x_s, x0_hat, state
