@@ -193,7 +193,8 @@ class Denoiser:
             t = t.expand(x_t.shape[0])
         if t.dim() != 1 or t.shape[0] != x_t.shape[0]:
             raise ValueError(f"t must be a scalar or have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
-        return t.to(device=x_t.device, dtype=torch.float32)
+        # the network sees float32 times unless the data is float64 (then keep full precision)
+        return t.to(device=x_t.device, dtype=torch.float64 if x_t.dtype == torch.float64 else torch.float32)
 
     def network_output(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
         """The raw network output F(c_in x_t, t) in the ``prediction`` parameterisation."""
