@@ -254,7 +254,9 @@ def load(name: str, *, profile: Profile | None = None, rebuild: bool = False, pr
     profile = profile or current_profile()
     config = recipe.config(profile)
     path = cache_path(name, profile)
-    model = recipe.build(config)
+    with torch.random.fork_rng(devices=[]):  # the initial weights come from the recipe's seed
+        torch.manual_seed(int(config.get("seed", 0)))
+        model = recipe.build(config)
     metrics = None if rebuild else _try_load(path, name, config, model)
     trained_now = metrics is None
     if trained_now:

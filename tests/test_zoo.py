@@ -126,3 +126,21 @@ def test_sample_sets_are_keyed_by_the_model_file(monkeypatch, tmp_path):
     assert config["n"] == quick.digits_n_samples
     with pytest.raises(ValueError, match="unknown sample set"):
         zoo.sample_set("cifar_samples")
+
+
+def test_initial_weights_come_from_the_recipe_seed(monkeypatch, tmp_path):
+    """Same recipe, same seed -> the same model, whatever the global RNG state."""
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    recipe = zoo.Recipe("randinit", "classifier", lambda profile: {"seed": 7}, lambda config: Tiny(),
+                        lambda model, config, progress: (model, {}), "random init only")
+    monkeypatch.setitem(zoo.RECIPES, "randinit", recipe)
+    quick = get_profile("quick")
+    torch.manual_seed(1)
+    a = zoo.load("randinit", profile=quick, device="cpu", progress=False, rebuild=True).model.lin.weight.clone()
+    torch.manual_seed(2)
+    b = zoo.load("randinit", profile=quick, device="cpu", progress=False, rebuild=True).model.lin.weight.clone()
+    assert torch.equal(a, b)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    zoo.load("randinit", profile=quick, device="cpu", progress=False, rebuild=True)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's RNG is left alone
