@@ -19,21 +19,29 @@ from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, Schedule
 __all__ = ["check_grid", "uniform_grid", "ddpm_grid", "karras_grid", "log_snr_grid"]
 
 
-def check_grid(times: torch.Tensor) -> torch.Tensor:
-    """Validate a sampling grid: a 1-D float tensor of >= 2 strictly decreasing times in [0, 1]."""
+def check_grid(times: torch.Tensor, *, increasing: bool = False) -> torch.Tensor:
+    """Validate a time grid: a 1-D float tensor of >= 2 strictly monotone times in [0, 1].
+
+    Sampling grids decrease (noise t=1 to data t=0); ``increasing=True`` checks an inversion grid
+    (data to noise, chapter 05), which must also start at t = 0.
+    """
+    name = "an inversion grid" if increasing else "a time grid"
     if not isinstance(times, torch.Tensor) or not times.is_floating_point():
-        raise ValueError(f"a time grid must be a floating-point torch.Tensor, got {type(times).__name__}")
+        raise ValueError(f"{name} must be a floating-point torch.Tensor, got {type(times).__name__}")
     if times.dim() != 1 or times.numel() < 2:
-        raise ValueError(f"a time grid must be 1-D with at least 2 times, got shape {tuple(times.shape)}")
+        raise ValueError(f"{name} must be 1-D with at least 2 times, got shape {tuple(times.shape)}")
     if bool((times < 0).any()) or bool((times > 1).any()):
         raise ValueError(f"grid times must lie in [0, 1], got [{float(times.min()):.4g}, {float(times.max()):.4g}]")
     diffs = times[1:] - times[:-1]
-    if bool((diffs >= 0).any()):
-        i = int(torch.nonzero(diffs >= 0)[0])
-        raise ValueError(
-            "a time grid must be strictly decreasing (sampling runs from noise t=1 to data t=0), "
-            f"got t[{i}]={float(times[i]):.6g} followed by t[{i + 1}]={float(times[i + 1]):.6g}"
-        )
+    wrong = diffs <= 0 if increasing else diffs >= 0
+    if bool(wrong.any()):
+        i = int(torch.nonzero(wrong)[0])
+        why = ("strictly increasing (inversion runs from data t=0 to noise t=1; flip a sampling grid with "
+               "times.flip(0))" if increasing else "strictly decreasing (sampling runs from noise t=1 to data t=0)")
+        raise ValueError(f"{name} must be {why}, got t[{i}]={float(times[i]):.6g} followed by "
+                         f"t[{i + 1}]={float(times[i + 1]):.6g}")
+    if increasing and float(times[0]) != 0.0:
+        raise ValueError(f"an inversion grid must start at t = 0 (x0 is the data), got t[0]={float(times[0]):.6g}")
     return times
 
 

@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..time_grids import check_grid
 from .loop import StepInfo
 from .ode import _check_denoiser_and_x, _coefficients, _denoise
 
@@ -47,23 +48,7 @@ __all__ = ["check_increasing_grid", "ddim_invert"]
 
 def check_increasing_grid(times: torch.Tensor) -> torch.Tensor:
     """Validate an inversion grid: a 1-D float tensor of >= 2 strictly increasing times in [0, 1], from 0."""
-    if not isinstance(times, torch.Tensor) or not times.is_floating_point():
-        raise ValueError(f"an inversion grid must be a floating-point torch.Tensor, got {type(times).__name__}")
-    if times.dim() != 1 or times.numel() < 2:
-        raise ValueError(f"an inversion grid must be 1-D with at least 2 times, got shape {tuple(times.shape)}")
-    if bool((times < 0).any()) or bool((times > 1).any()):
-        raise ValueError(f"grid times must lie in [0, 1], got [{float(times.min()):.4g}, {float(times.max()):.4g}]")
-    diffs = times[1:] - times[:-1]
-    if bool((diffs <= 0).any()):
-        i = int(torch.nonzero(diffs <= 0)[0])
-        raise ValueError(
-            "an inversion grid must be strictly increasing (inversion runs from data t=0 to noise t=1; "
-            f"flip a sampling grid with times.flip(0)), got t[{i}]={float(times[i]):.6g} followed by "
-            f"t[{i + 1}]={float(times[i + 1]):.6g}"
-        )
-    if float(times[0]) != 0.0:
-        raise ValueError(f"an inversion grid must start at t = 0 (x0 is the data), got t[0]={float(times[0]):.6g}")
-    return times
+    return check_grid(times, increasing=True)
 
 
 @torch.no_grad()
