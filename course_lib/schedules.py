@@ -17,7 +17,8 @@ Families (all share one interface, :class:`Schedule`):
   :class:`VPSigmoid`, :class:`VPScaledLinear`, and :class:`DiscreteSchedule`
   (the DDPM table of :class:`DDPMTable` with its own integer index ``n``);
 * variance exploding (alpha_t = 1): :class:`VE`, :class:`EDM`;
-* the straight path of flow matching / rectified flow: :class:`RectifiedFlow`.
+* the straight path of flow matching / rectified flow: :class:`RectifiedFlow`, and Lipman et
+  al.'s conditional optimal-transport path with a noise floor: :class:`CondOT` (chapter 08).
 
 The log-SNR is infinite at the ends of most schedules; :meth:`Schedule.log_snr`
 clips it to ``[LOG_SNR_MIN, LOG_SNR_MAX]`` so that nothing is NaN or infinite in
@@ -52,6 +53,7 @@ __all__ = [
     "VE",
     "EDM",
     "RectifiedFlow",
+    "CondOT",
     "DDPMTable",
     "DiscreteSchedule",
     "SCHEDULES",
@@ -493,6 +495,50 @@ class RectifiedFlow(Schedule):
         return torch.ones_like(t)
 
 
+class CondOT(Schedule):
+    r"""Lipman et al.'s conditional optimal-transport path with a noise floor sigma_min.
+
+    Lipman et al. 2022, "Flow Matching for Generative Modeling", arXiv:2210.02747, eq. 20-22, in
+    *their* time t' (t' = 0 noise, t' = 1 data): mu_{t'}(x1) = t' x1 and
+    sigma_{t'} = 1 - (1 - sigma_min) t', i.e. psi_{t'}(x) = (1 - (1 - sigma_min) t') x + t' x1 with
+    x ~ N(0, I) the noise and x1 the data. In the course's time t = 1 - t' (t = 0 data):
+
+        alpha_t = 1 - t,    sigma_t = sigma_min + (1 - sigma_min) t,
+        d_alpha_t = -1,     d_sigma_t = 1 - sigma_min,
+
+    so the conditional velocity is u = (1 - sigma_min) eps - x0, minus Lipman's target
+    x1 - (1 - sigma_min) x (eq. 23). sigma_0 = sigma_min: like VE, the path never reaches the clean
+    data exactly; sigma_min = 0 is :class:`RectifiedFlow`. Introduced in chapter 08.
+
+    Args:
+        sigma_min: the noise level left at the data end, 0 <= sigma_min < 1 (a small number such
+            as 1e-4; the default).
+
+    >>> s = CondOT(sigma_min=0.1)
+    >>> [round(float(v), 4) for v in s.sigma(torch.tensor([0.0, 0.5, 1.0]))]
+    [0.1, 0.55, 1.0]
+    """
+
+    name = "cond_ot"
+
+    def __init__(self, sigma_min: float = 1e-4):
+        if isinstance(sigma_min, bool) or not isinstance(sigma_min, (int, float)) or not (0 <= sigma_min < 1):
+            raise ValueError(f"CondOT needs a noise floor 0 <= sigma_min < 1, got sigma_min={sigma_min!r}")
+        self.sigma_min = float(sigma_min)
+
+    def _alpha(self, t):
+        return 1 - t
+
+    def _sigma(self, t):
+        return self.sigma_min + (1 - self.sigma_min) * t
+
+    def _d_alpha(self, t):
+        return -torch.ones_like(t)
+
+    def _d_sigma(self, t):
+        return torch.full_like(t, 1 - self.sigma_min)
+
+
 # ------------------------------------------------------------------------------------
 # The discrete DDPM table and its integer index n
 # ------------------------------------------------------------------------------------
@@ -640,6 +686,7 @@ SCHEDULES = {
     "ve": VE,
     "edm": EDM,
     "rectified_flow": RectifiedFlow,
+    "cond_ot": CondOT,
 }
 
 
