@@ -11,6 +11,7 @@ torch.Size([3, 2])
 """
 
 from ..time_grids import uniform_grid  # noqa: F401  (re-exported for convenience)
+from .consistency import consistency_step
 from .ddim import ddim_step
 from .ddpm import ddpm_step, posterior_coefficients
 from .dpm_solver import MultistepState, dpm_solver_1_step, dpm_solver_2_step, dpm_solver_pp_2m_step, half_log_snr
@@ -28,10 +29,11 @@ STEPS = {
     "dpm_solver_1": dpm_solver_1_step,
     "dpm_solver_2": dpm_solver_2_step,
     "dpm_solver_pp_2m": dpm_solver_pp_2m_step,
+    "consistency": consistency_step,
 }
 
 __all__ = ["sample", "prior_sample", "StepInfo", "Trajectory", "ddpm_step", "ddim_step",
            "posterior_coefficients", "STEPS",
            "pf_ode_velocity", "euler_step", "heun_step", "drift_and_diffusion", "euler_maruyama_step",
            "half_log_snr", "MultistepState", "dpm_solver_1_step", "dpm_solver_2_step",
-           "dpm_solver_pp_2m_step", "ddim_invert"]
+           "dpm_solver_pp_2m_step", "ddim_invert", "consistency_step"]
