@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from course_lib.data.digits import digits
 from course_lib.metrics import classifier_summary, frechet_distance
 
-__all__ = ["DigitClassifier", "digit_frechet_distance", "evaluate_samples", "train_digit_classifier"]
+__all__ = ["DigitClassifier", "digit_frechet_distance", "evaluate_samples", "score_images", "train_digit_classifier"]
 
 
 def _check_digit_images(fn: str, images: torch.Tensor) -> None:
@@ -166,17 +166,31 @@ def evaluate_samples(classifier: DigitClassifier, images: torch.Tensor, *, batch
     Introduced in chapter 03.
     """
     _check_digit_images("evaluate_samples", images)
+    return score_images(classifier, images, batch_size=batch_size)
+
+
+@torch.no_grad()
+def score_images(classifier: nn.Module, images: torch.Tensor, *, batch_size: int = 512) -> dict:
+    """The scoring loop shared by the course's classifiers (digits here, shapes in chapter 11).
+
+    ``classifier`` must have ``features(x) -> (b, F)`` and ``head(h) -> (b, K)`` logits; images are
+    (N, C, H, W), already validated by the caller. Returns ``classifier_summary`` of the softmax
+    probabilities plus ``probs`` (N, K), ``predicted`` (N,) and ``features`` (N, F), on the CPU;
+    the classifier's train/eval mode is restored afterwards. Introduced in chapter 03.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     device = next(classifier.parameters()).device
     was_training = classifier.training
     classifier.eval()
     probs, features = [], []
     for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device, torch.float32)  # (b, 1, 8, 8)
+        x = images[start:start + batch_size].to(device, torch.float32)  # (b, C, H, W)
         h = classifier.features(x)  # (b, F)
         probs.append(F.softmax(classifier.head(h), dim=1).cpu())
         features.append(h.cpu())
     classifier.train(was_training)
-    p = torch.cat(probs)  # (N, 10)
+    p = torch.cat(probs)  # (N, K)
     result = classifier_summary(p)
     result.update(probs=p, predicted=p.argmax(1), features=torch.cat(features))
     return result

@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib.data.shapes import SHAPE_NAMES, shapes
-from course_lib.metrics import classifier_summary, frechet_distance
+from course_lib.classifier import score_images
+from course_lib.metrics import frechet_distance
 
 __all__ = ["ShapeClassifier", "evaluate_shape_samples", "shape_frechet_distance", "shape_test_set",
            "train_shape_classifier"]
@@ -220,20 +221,7 @@ def evaluate_shape_samples(classifier: ShapeClassifier, images: torch.Tensor, *,
     Introduced in chapter 11.
     """
     _check_shape_images("evaluate_shape_samples", images)
-    device = next(classifier.parameters()).device
-    was_training = classifier.training
-    classifier.eval()
-    probs, features = [], []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device, torch.float32)  # (b, 3, 16, 16)
-        h = classifier.features(x)  # (b, F)
-        probs.append(F.softmax(classifier.head(h), dim=1).cpu())
-        features.append(h.cpu())
-    classifier.train(was_training)
-    p = torch.cat(probs)  # (N, 4)
-    result = classifier_summary(p)
-    result.update(probs=p, predicted=p.argmax(1), features=torch.cat(features))
-    return result
+    return score_images(classifier, images, batch_size=batch_size)
 
 
 def shape_frechet_distance(classifier: ShapeClassifier, images_a: torch.Tensor, images_b: torch.Tensor) -> float:

@@ -93,3 +93,16 @@ def test_model_shapes_and_bad_input():
         train_digit_classifier(steps=0)
     with pytest.raises(ValueError, match="lr must be > 0, got -0.1"):
         train_digit_classifier(lr=-0.1)
+
+
+def test_score_images_rejects_a_bad_batch_size_and_matches_evaluate_samples():
+    from course_lib.classifier import score_images
+
+    model = DigitClassifier()
+    images = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        score_images(model, images, batch_size=0)
+    whole = score_images(model, images, batch_size=512)
+    pieces = evaluate_samples(model, images, batch_size=2)
+    torch.testing.assert_close(whole["probs"], pieces["probs"])
+    torch.testing.assert_close(whole["features"], pieces["features"])
