@@ -37,6 +37,7 @@ True
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -59,6 +60,7 @@ __all__ = [
     "SCHEDULES",
     "get_schedule",
     "check_times",
+    "PathPoint",
 ]
 
 LOG_SNR_MIN = -20.0
@@ -94,6 +96,32 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     if t.device.type == "mps":
         return t.to(torch.float32)
     return t.to(torch.float64)
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    r"""One time t of a path with every coefficient a sampler step needs (introduced in chapter 02).
+
+    All values are float64 Python numbers, computed once per grid by :meth:`Schedule.points`
+    (so a sampling loop never converts a tensor to a number inside the loop):
+
+    * ``t``: the time; ``alpha``, ``sigma``: alpha_t, sigma_t of x_t = alpha_t x0 + sigma_t eps;
+    * ``d_alpha``, ``d_sigma``: their time derivatives (those of the clipped log-SNR, see
+      :meth:`Schedule.d_log_snr`);
+    * ``lam``: DPM-Solver's half log-SNR log(alpha_t / sigma_t), unclipped: +inf where
+      sigma_t = 0 (clean data), -inf where alpha_t = 0 (pure noise).
+
+    >>> p = RectifiedFlow().point(0.5)
+    >>> p.alpha, p.sigma, p.lam
+    (0.5, 0.5, 0.0)
+    """
+
+    t: float
+    alpha: float
+    sigma: float
+    d_alpha: float
+    d_sigma: float
+    lam: float
 
 
 class Schedule:
@@ -191,6 +219,33 @@ class Schedule:
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
         return (0.5 * (lo + hi)).to(log_snr.dtype if log_snr.is_floating_point() else torch.float32)
+
+    def points(self, times) -> tuple[PathPoint, ...]:
+        r"""The :class:`PathPoint` of every time of a 1-D grid, computed in one float64 pass.
+
+        This is the public accessor the samplers use: a loop calls it once per ``sample()`` and
+        reads Python numbers from then on (no host synchronisation per step).
+        """
+        times = check_times(times if isinstance(times, torch.Tensor) else torch.as_tensor(times, dtype=torch.float64))
+        if times.dim() != 1:
+            raise ValueError(f"points needs a 1-D tensor of times, got shape {tuple(times.shape)}")
+        t64 = times.detach().to(device="cpu", dtype=torch.float64)
+        a, s = self._alpha(t64), self._sigma(t64)
+        da, ds = self._d_alpha(t64), self._d_sigma(t64)
+        with torch.no_grad():
+            lam = torch.where(s == 0, torch.full_like(a, math.inf),
+                              torch.where(a == 0, torch.full_like(a, -math.inf), torch.log(a) - torch.log(s)))
+        rows = torch.stack([t64, a, s, da, ds, lam], dim=1).tolist()
+        return tuple(PathPoint(*row) for row in rows)
+
+    def point(self, t) -> PathPoint:
+        """The :class:`PathPoint` of one time t (a number or a 0-d tensor in [0, 1])."""
+        if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+            raise ValueError(f"t must be a number or a 0-d tensor in [0, 1], got {type(t).__name__}")
+        if isinstance(t, torch.Tensor) and t.dim() != 0:
+            raise ValueError(f"t must be one time (a 0-d tensor), got shape {tuple(t.shape)}")
+        tt = t.reshape(1) if isinstance(t, torch.Tensor) else torch.tensor([float(t)], dtype=torch.float64)
+        return self.points(tt)[0]
 
     def add_noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         r"""x_t = alpha_t x0 + sigma_t eps (the reparameterisation of q(x_t | x0)).
