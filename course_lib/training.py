@@ -46,7 +46,37 @@ from torch import nn
 
 from course_lib.device import default_device
 
-__all__ = ["EMA", "TrainResult", "train"]
+__all__ = ["EMA", "TrainResult", "progress_listener", "report_progress", "train"]
+
+_PROGRESS_LISTENERS: list[Callable[[int, int, float], object]] = []
+
+
+@contextlib.contextmanager
+def progress_listener(listener: Callable[[int, int, float], object]):
+    """While active, every training loop calls ``listener(step, steps, loss)`` when it reads the loss back.
+
+    :func:`train` reports every ``log_every`` steps and at the last step; the course's classifiers
+    (:func:`course_lib.classifier.fit_classifier`) as often. Listening changes no arithmetic. The
+    model zoo uses it to show and share a model's training progress (``python -m course_lib.zoo``).
+
+    >>> seen = []
+    >>> with progress_listener(lambda step, steps, loss: seen.append((step, steps))):
+    ...     report_progress(5, 10, 0.5)
+    >>> report_progress(10, 10, 0.1)  # no listener any more
+    >>> seen
+    [(5, 10)]
+    """
+    _PROGRESS_LISTENERS.append(listener)
+    try:
+        yield listener
+    finally:
+        _PROGRESS_LISTENERS.remove(listener)
+
+
+def report_progress(step: int, steps: int, loss: float) -> None:
+    """Tell the active :func:`progress_listener` listeners that ``step`` of ``steps`` is done (loss ``loss``)."""
+    for listener in list(_PROGRESS_LISTENERS):
+        listener(step, steps, loss)
 
 
 class EMA:
@@ -361,6 +391,7 @@ def train(
                         )
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                     bar.update(step - bar.n)
+                    report_progress(step, steps, losses[-1])
                 if callback is not None and callback(step, losses[-1], model) is True:
                     break
     except KeyboardInterrupt:
