@@ -17,14 +17,18 @@ Introduced in chapter 03 (sample scores) and chapter 17 (Fréchet distance).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib.data.digits import digits
 from course_lib.metrics import classifier_summary, frechet_distance
+from course_lib.training import report_progress
 
-__all__ = ["DigitClassifier", "digit_frechet_distance", "evaluate_samples", "score_images", "train_digit_classifier"]
+__all__ = ["DigitClassifier", "digit_frechet_distance", "evaluate_samples", "fit_classifier", "score_images",
+           "train_digit_classifier"]
 
 
 def _check_digit_images(fn: str, images: torch.Tensor) -> None:
@@ -133,19 +137,48 @@ def train_digit_classifier(*, steps: int = 800, batch_size: int = 128, lr: float
     model = model.to(device)
     train_x, train_y = digits("train")
     test_x, test_y = digits("test")
+
+    def batch_loss(net: nn.Module) -> torch.Tensor:
+        index = torch.randint(0, len(train_y), (batch_size,), generator=generator)
+        x0 = _augment(train_x[index], generator, max_shift, noise_std)  # (B, 1, 8, 8)
+        return F.cross_entropy(net(x0.to(device)), train_y[index].to(device))
+
+    fit_classifier(model, batch_loss, steps=steps, lr=lr)
+    return model, _accuracy(model, test_x.to(device), test_y.to(device))
+
+
+def fit_classifier(model: nn.Module, batch_loss: Callable[[nn.Module], torch.Tensor], *, steps: int,
+                   lr: float, log_every: int = 25) -> nn.Module:
+    """The training loop of the course's classifiers (digits here, shapes in chapter 11).
+
+    ``steps`` times: L = batch_loss(model) (the caller draws the batch and its augmentation from
+    its own generator), then an Adam step with the learning rate lr * (1 - k / steps) at step k
+    (decayed linearly to 0). The model is trained in place and returned in eval mode. Every
+    ``log_every`` steps and at the end it reports (step, steps, L) to
+    :func:`course_lib.training.report_progress` (the model zoo's progress bar).
+
+    Args:
+        model: the classifier, already on its device.
+        batch_loss: ``batch_loss(model) -> scalar tensor``, one fresh mini-batch per call.
+        steps: optimiser steps, >= 1.
+        lr: Adam's peak learning rate, > 0.
+        log_every: how often the loss is read back for the progress report.
+
+    Introduced in chapter 03.
+    """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0 - k / steps)
     model.train()
-    for _ in range(steps):
-        index = torch.randint(0, len(train_y), (batch_size,), generator=generator)
-        x0 = _augment(train_x[index], generator, max_shift, noise_std)  # (B, 1, 8, 8)
-        loss = F.cross_entropy(model(x0.to(device)), train_y[index].to(device))
+    for step in range(1, steps + 1):
+        loss = batch_loss(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if step % log_every == 0 or step == steps:
+            report_progress(step, steps, float(loss.detach()))
     model.eval()
-    return model, _accuracy(model, test_x.to(device), test_y.to(device))
+    return model
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib.data.shapes import SHAPE_NAMES, shapes
-from course_lib.classifier import score_images
+from course_lib.classifier import fit_classifier, score_images
 from course_lib.metrics import frechet_distance
 
 __all__ = ["ShapeClassifier", "evaluate_shape_samples", "shape_frechet_distance", "shape_test_set",
@@ -184,22 +184,18 @@ def train_shape_classifier(*, steps: int = 300, batch_size: int = 128, n_train: 
         torch.manual_seed(seed)
         model = ShapeClassifier()
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0 - k / steps)
-    model.train()
-    for _ in range(steps):
+
+    def batch_loss(net: nn.Module) -> torch.Tensor:
         index = torch.randint(0, n_train, (batch_size,), generator=generator)
         x0 = _augment(train.images[index], generator, noise_std)  # (B, 3, 16, 16)
-        loss = F.cross_entropy(model(x0.to(device)), train.labels[index].to(device))
+        loss = F.cross_entropy(net(x0.to(device)), train.labels[index].to(device))
         if outlier_weight > 0:
             pick = torch.randint(0, n_train, (n_out,), generator=generator)
-            log_p = F.log_softmax(model(_outliers(train.images[pick], generator).to(device)), dim=1)  # (n_out, 4)
+            log_p = F.log_softmax(net(_outliers(train.images[pick], generator).to(device)), dim=1)  # (n_out, 4)
             loss = loss + outlier_weight * (-log_p.mean(1)).mean()  # cross-entropy to the uniform p(y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    model.eval()
+        return loss
+
+    fit_classifier(model, batch_loss, steps=steps, lr=lr)  # the digit classifier's loop (chapter 03)
     return model, _accuracy(model, test_x.to(device), test_y.to(device))
 
 
