@@ -280,6 +280,37 @@ def test_optional_dataset_never_downloads(tmp_path):
         optional_dataset("mnist", tmp_path, split="all")
 
 
+class _RunsCode:
+    """A pickle payload that would run a shell command when unpickled with pickle.load."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_are_read_without_running_code(tmp_path, monkeypatch, protocol):
+    """optional_dataset('cifar10') admits only what a CIFAR-10 batch holds; a payload is refused."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072).astype(np.uint8)
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": [3, 8], b"data": data,
+             b"filenames": [b"a.png", b"b.png"]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    images, labels = optional_dataset("cifar10", tmp_path, split="test")
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == [3, 8]
+
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [_RunsCode()]}, protocol=protocol))
+    with pytest.raises(ValueError, match=r"not a CIFAR-10 batch: it asks to import (posix|nt|os)\.system"):
+        optional_dataset("cifar10", tmp_path, split="test")
+    assert not (tmp_path / "pwned").exists()
+    (folder / "test_batch").write_bytes(pickle.dumps([1, 2, 3], protocol=protocol))
+    with pytest.raises(ValueError, match="expected a dict with b'data' and b'labels'"):
+        optional_dataset("cifar10", tmp_path, split="test")
+
+
 # ---------------------------------------------------------------- load
 
 

@@ -144,6 +144,46 @@ def _load_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _to_unit_range(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
+# Everything a CIFAR-10 "python version" batch (a pickled dict of bytes, a uint8 array and int
+# lists) asks the unpickler to import: numpy's array reconstruction, old and new (numpy 2 moved
+# numpy.core to numpy._core), and _codecs.encode, which protocol-2 pickles written by Python 3 use
+# for bytes. Anything else (os.system, builtins.eval, ...) would run code: refused.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that imports only what CIFAR-10 batches contain (``_CIFAR_GLOBALS``)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy >= 2: the same code, no warning
+            module = "numpy._core." + module[len("numpy.core."):]
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> dict:
+    """One CIFAR-10 batch file, unpickled with :class:`_CifarUnpickler` (no code execution)."""
+    with open(path, "rb") as handle:
+        try:
+            batch = _CifarUnpickler(handle, encoding="bytes").load()
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"optional_dataset: {str(path)!r} is not a CIFAR-10 batch: it asks to import "
+                             f"{error}, which CIFAR-10 batches never contain (refused: unpickling it could run "
+                             "code)") from None
+        except (EOFError, TypeError, AttributeError, IndexError) as error:
+            raise ValueError(f"optional_dataset: {str(path)!r} is not a readable CIFAR-10 batch ({error})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"optional_dataset: {str(path)!r} is not a CIFAR-10 batch (expected a dict with "
+                         "b'data' and b'labels')")
+    return batch
+
+
 def _load_cifar10(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     folders = [root / "cifar-10-batches-py", root]
     images, labels = [], []
@@ -151,8 +191,7 @@ def _load_cifar10(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         path = _find([f / stem for f in folders])
         if path is None:
             raise _not_found("cifar10", root, f"the python version: cifar-10-batches-py/{stem} and the other batches")
-        with open(path, "rb") as handle:  # a Python pickle: only load files you trust
-            batch = pickle.load(handle, encoding="bytes")
+        batch = _read_cifar_batch(path)
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
     return _to_unit_range(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
@@ -167,7 +206,9 @@ def optional_dataset(name: str, root: str | Path, *, split: str = "train") -> tu
       ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (optionally ``.gz``), in
       ``root``, ``root/MNIST/raw`` (torchvision's layout) or ``root/mnist``.
     - ``"cifar10"``: the "python version" batches ``data_batch_1`` .. ``data_batch_5``
-      and ``test_batch`` in ``root/cifar-10-batches-py`` or ``root``.
+      and ``test_batch`` in ``root/cifar-10-batches-py`` or ``root``. These are Python pickles;
+      they are read with an unpickler that admits only what CIFAR-10 batches contain (numpy
+      arrays, bytes, lists), so a file that would run code raises a ValueError instead.
 
     Args:
         name: "mnist" or "cifar10".
