@@ -29,9 +29,11 @@ True
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .schedules import Schedule, broadcast_to, check_times
+from .schedules import PathPoint, Schedule, broadcast_to, check_times
 
 __all__ = [
     "PREDICTIONS",
@@ -207,6 +209,50 @@ class Denoiser:
         """x0_hat = D(x_t, t), shape of x_t."""
         t = self._batch_times(x_t, t)
         x0_hat = to_x0(self.prediction, self.network_output(x_t, t, **cond), x_t, self.schedule, t)
+        if self.x0_range is not None:
+            x0_hat = x0_hat.clamp(float(self.x0_range[0]), float(self.x0_range[1]))
+        return x0_hat
+
+    def at_point(self, x_t: torch.Tensor, point: PathPoint, **cond) -> torch.Tensor:
+        r"""x0_hat = D(x_t, t) at one time for the whole batch, read from a :class:`PathPoint`.
+
+        The samplers' path: the same conversion as :meth:`__call__`, with alpha_t, sigma_t and
+        their derivatives taken from the point (computed once per grid by
+        :meth:`Schedule.points`) as Python numbers, so a step costs the network call and a few
+        elementwise operations, with no schedule evaluation and no host synchronisation.
+        At sigma_t = 0 (clean data) x_t = alpha_t x0, so x0_hat = x_t / alpha_t exactly.
+
+        Args:
+            x_t: (B, ...) the state at time ``point.t``.
+            point: the time and its coefficients.
+        Returns:
+            (B, ...) x0_hat.
+        """
+        a, s, da, ds = point.alpha, point.sigma, point.d_alpha, point.d_sigma
+        if s == 0.0:
+            return x_t / a  # the exact limit: x_t = alpha_t x0 at sigma_t = 0
+        t = torch.full((x_t.shape[0],), point.t, device=x_t.device,
+                       dtype=torch.float64 if x_t.dtype == torch.float64 else torch.float32)
+        x_in = x_t if self.schedule.variance_preserving else x_t * (1.0 / math.sqrt(a * a + s * s))  # c_in x_t
+        output = self.net(x_in, t, **{**self.cond, **cond})
+        if output.shape != x_t.shape:
+            raise ValueError(f"network output shape {tuple(output.shape)} must equal x_t's shape {tuple(x_t.shape)}")
+        if self.prediction == "x0":
+            x0_hat = output
+        elif self.prediction == "v":
+            x0_hat = (a * x_t - s * output) / (a * a + s * s)  # x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)
+        elif self.prediction == "velocity":
+            det = s * da - ds * a
+            if det == 0.0:
+                raise ValueError(f"a velocity network gives no x0_hat where sigma_t alpha'_t - sigma'_t alpha_t = 0, "
+                                 f"got it at t={point.t}")
+            x0_hat = (s * output - ds * x_t) / det  # x0 = (sigma u - sigma' x_t) / (sigma alpha' - sigma' alpha)
+        else:
+            eps_hat = output if self.prediction == "eps" else -s * output  # score = -eps / sigma
+            if a == 0.0:
+                raise ValueError(f"an {self.prediction}-prediction network gives no x0_hat where alpha_t = 0 "
+                                 f"(x0 = (x_t - sigma_t eps) / alpha_t), got t={point.t}; start the grid below t = 1")
+            x0_hat = (x_t - s * eps_hat) / a  # Ho et al. 2020, eq. 15
         if self.x0_range is not None:
             x0_hat = x0_hat.clamp(float(self.x0_range[0]), float(self.x0_range[1]))
         return x0_hat

@@ -98,6 +98,15 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64)
 
 
+def _half_log_snr(alpha: float, sigma: float) -> float:
+    """log(alpha / sigma) of two float64 numbers: +inf at sigma = 0, -inf at alpha = 0."""
+    if sigma == 0.0:
+        return math.inf
+    if alpha == 0.0:
+        return -math.inf
+    return math.log(alpha) - math.log(sigma)
+
+
 @dataclass(frozen=True)
 class PathPoint:
     r"""One time t of a path with every coefficient a sampler step needs (introduced in chapter 02).
@@ -122,6 +131,9 @@ class PathPoint:
     d_alpha: float
     d_sigma: float
     lam: float
+
+    def __float__(self) -> float:
+        return self.t
 
 
 class Schedule:
@@ -230,13 +242,9 @@ class Schedule:
         if times.dim() != 1:
             raise ValueError(f"points needs a 1-D tensor of times, got shape {tuple(times.shape)}")
         t64 = times.detach().to(device="cpu", dtype=torch.float64)
-        a, s = self._alpha(t64), self._sigma(t64)
-        da, ds = self._d_alpha(t64), self._d_sigma(t64)
-        with torch.no_grad():
-            lam = torch.where(s == 0, torch.full_like(a, math.inf),
-                              torch.where(a == 0, torch.full_like(a, -math.inf), torch.log(a) - torch.log(s)))
-        rows = torch.stack([t64, a, s, da, ds, lam], dim=1).tolist()
-        return tuple(PathPoint(*row) for row in rows)
+        rows = torch.stack([t64, self._alpha(t64), self._sigma(t64), self._d_alpha(t64), self._d_sigma(t64)],
+                           dim=1).tolist()
+        return tuple(PathPoint(t, a, s, da, ds, _half_log_snr(a, s)) for t, a, s, da, ds in rows)
 
     def point(self, t) -> PathPoint:
         """The :class:`PathPoint` of one time t (a number or a 0-d tensor in [0, 1])."""

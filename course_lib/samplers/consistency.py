@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from .ode import _check_noise, _check_step, _coefficients, _denoise
+from .step import check_step, denoise, draw_noise
 
 __all__ = ["consistency_step"]
 
@@ -57,15 +57,11 @@ def consistency_step(denoiser, x_t: torch.Tensor, t, s, *, state=None, generator
     Returns:
         (x_s (B, ...), x0_hat = f(x_t, t) (B, ...), state).
     """
-    t, s = _check_step(denoiser, x_t, t, s)
-    x0_hat = _denoise(denoiser, x_t, t)  # (B, ...) Algorithm 1: f(x_t, t)
-    if float(s) == 0.0:
+    t, s = check_step(denoiser, x_t, t, s)
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...) Algorithm 1: f(x_t, t)
+    if s.t == 0.0:
+        if noise is not None:
+            draw_noise(x_t, generator, noise)  # checked all the same
         return x0_hat, x0_hat, state  # the last step returns f's output itself (Algorithm 1, line 7)
-    alpha_s, sigma_s, _, _ = _coefficients(denoiser.schedule, s)
-    if noise is None:
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-    else:
-        _check_noise(noise, x_t)
-    x_s = alpha_s * x0_hat + sigma_s * noise  # (B, ...) line 5: re-noise to time s
+    x_s = s.alpha * x0_hat + s.sigma * draw_noise(x_t, generator, noise)  # (B, ...) line 5: re-noise to time s
     return x_s, x0_hat, state
-

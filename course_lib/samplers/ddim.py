@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .ddpm import posterior_coefficients
+from .step import check_step, denoise, draw_noise
 
 __all__ = ["ddim_step"]
 
@@ -26,26 +25,21 @@ def ddim_step(denoiser, x_t, t, s, *, eta: float = 0.0, state=None, generator=No
     r"""One DDIM step x_t -> x_s. Returns (x_s, x0_hat, state).
 
     Args:
-        x_t: (B, ...) ; t, s: 0-d times with s < t.
+        x_t: (B, ...) ; t, s: times with s < t (numbers, 0-d tensors or PathPoints).
         eta: 0 (deterministic) .. 1 (ancestral), in [0, 1].
+        generator: the source of z when eta > 0 and ``noise`` is not given.
         noise: optional explicit standard normal noise z of x_t's shape.
     """
-    if not (0.0 <= float(eta) <= 1.0) or math.isnan(float(eta)):
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    B = x_t.shape[0]
-    sched = denoiser.schedule
-    x0_hat = denoiser(x_t, t.expand(B) if torch.is_tensor(t) else torch.full((B,), float(t)))
-    t64, s64 = torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
-    a_t, sig_t = float(sched._alpha(t64)), float(sched._sigma(t64))
-    a_s, sig_s = float(sched._alpha(s64)), float(sched._sigma(s64))
-    eps_hat = (x_t - a_t * x0_hat) / sig_t
-    _, _, post_var = posterior_coefficients(sched, t, s)
-    var_eta = float(eta) ** 2 * post_var
-    x_s = a_s * x0_hat + max(sig_s**2 - var_eta, 0.0) ** 0.5 * eps_hat
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or math.isnan(eta) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1] (a number), got {eta!r}")
+    t, s = check_step(denoiser, x_t, t, s)
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
+    eps_hat = (x_t - t.alpha * x0_hat) / t.sigma  # (B, ...)
+    _, _, post_var = posterior_coefficients(denoiser.schedule, t, s)
+    var_eta = float(eta) ** 2 * post_var  # eq. 16
+    x_s = s.alpha * x0_hat + max(s.sigma**2 - var_eta, 0.0) ** 0.5 * eps_hat  # eq. 12
     if var_eta > 0:
-        if noise is None:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        elif noise.shape != x_t.shape:
-            raise ValueError(f"noise must have x_t's shape {tuple(x_t.shape)}, got {tuple(noise.shape)}")
-        x_s = x_s + var_eta**0.5 * noise
+        x_s = x_s + var_eta**0.5 * draw_noise(x_t, generator, noise)
+    elif noise is not None:
+        draw_noise(x_t, generator, noise)  # checked all the same
     return x_s, x0_hat, state

@@ -16,43 +16,57 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["posterior_coefficients", "ddpm_step"]
+from .step import as_point, check_step, denoise, draw_noise
+
+__all__ = ["VARIANCES", "posterior_coefficients", "ddpm_step"]
+
+VARIANCES = ("fixed_small", "fixed_large")
 
 
 def posterior_coefficients(schedule, t, s):
-    r"""(c_x, c_x0, var) with q(x_s | x_t, x0) = N(c_x x_t + c_x0 x0, var I), in float64.
+    r"""(c_x, c_x0, var) with q(x_s | x_t, x0) = N(c_x x_t + c_x0 x0, var I), as float64 numbers.
 
-    t, s: 0-d tensors (or floats) with 0 <= s < t <= 1.
+    t, s: times with 0 <= s < t <= 1 (numbers, 0-d tensors or :class:`~course_lib.schedules.PathPoint`).
     """
-    t64 = torch.as_tensor(t, dtype=torch.float64)
-    s64 = torch.as_tensor(s, dtype=torch.float64)
-    if not bool(s64 < t64):
-        raise ValueError(f"a reverse step needs s < t, got t={float(t64)}, s={float(s64)}")
-    a_t, s_t = schedule._alpha(t64), schedule._sigma(t64)
-    a_s, s_s = schedule._alpha(s64), schedule._sigma(s64)
-    a_ts = a_t / a_s
-    var_ts = s_t**2 - a_ts**2 * s_s**2  # sigma_{t|s}^2
-    c_x = a_ts * s_s**2 / s_t**2
-    c_x0 = a_s * var_ts / s_t**2
-    var = var_ts * s_s**2 / s_t**2
-    return float(c_x), float(c_x0), float(var.clamp(min=0.0))
+    t, s = as_point(schedule, t, "t"), as_point(schedule, s, "s")
+    if not s.t < t.t:
+        raise ValueError(f"a reverse step needs s < t, got t={t.t}, s={s.t}")
+    a_ts = t.alpha / s.alpha
+    var_ts = t.sigma**2 - a_ts**2 * s.sigma**2  # sigma_{t|s}^2
+    c_x = a_ts * s.sigma**2 / t.sigma**2
+    c_x0 = s.alpha * var_ts / t.sigma**2
+    var = var_ts * s.sigma**2 / t.sigma**2
+    return c_x, c_x0, max(var, 0.0)
 
 
-def ddpm_step(denoiser, x_t, t, s, *, state=None, generator=None, noise=None):
-    r"""One ancestral step x_t -> x_s ~ q(x_s | x_t, x0_hat). Returns (x_s, x0_hat, state).
+def ddpm_step(denoiser, x_t, t, s, *, variance: str = "fixed_small", state=None, generator=None, noise=None):
+    r"""One ancestral step x_t -> x_s = mu(x_t, x0_hat) + sqrt(var) z. Returns (x_s, x0_hat, state).
+
+    The mean is always the posterior mean of q(x_s | x_t, x0 = x0_hat). The variance is DDPM's
+    choice (Ho et al. 2020, sec. 3.2, "both choices gave similar results"):
+
+    * ``fixed_small``: var = beta_tilde = sigma_{t|s}^2 sigma_s^2 / sigma_t^2, the posterior's own
+      (optimal for x0 deterministic); diffusers' ``variance_type="fixed_small"``;
+    * ``fixed_large``: var = beta = sigma_{t|s}^2, the forward transition's (optimal for
+      x0 ~ N(0, I)); diffusers' ``"fixed_large"``. As in Algorithm 2 (z = 0 at the last step),
+      the step to s = 0 adds no noise with either choice.
 
     Args:
-        x_t: (B, ...) ; t, s: 0-d times with s < t.
-        noise: optional explicit standard normal noise of x_t's shape (else drawn from generator).
+        x_t: (B, ...) ; t, s: times with s < t.
+        variance: ``"fixed_small"`` (default) or ``"fixed_large"``.
+        generator: the source of z when ``noise`` is not given.
+        noise: optional explicit standard normal z of x_t's shape.
     """
-    B = x_t.shape[0]
-    x0_hat = denoiser(x_t, t.expand(B) if torch.is_tensor(t) else torch.full((B,), float(t)))
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    t, s = check_step(denoiser, x_t, t, s)
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
     c_x, c_x0, var = posterior_coefficients(denoiser.schedule, t, s)
+    if variance == "fixed_large" and s.sigma > 0.0:
+        var = t.sigma**2 - (t.alpha / s.alpha) ** 2 * s.sigma**2  # sigma_{t|s}^2, beta_t on DDPM's grid
     mean = c_x * x_t + c_x0 * x0_hat
     if var == 0.0:
+        if noise is not None:
+            draw_noise(x_t, generator, noise)  # checked all the same
         return mean, x0_hat, state
-    if noise is None:
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-    elif noise.shape != x_t.shape:
-        raise ValueError(f"noise must have x_t's shape {tuple(x_t.shape)}, got {tuple(noise.shape)}")
-    return mean + var**0.5 * noise, x0_hat, state
+    return mean + var**0.5 * draw_noise(x_t, generator, noise), x0_hat, state

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..schedules import LOG_SNR_MIN
-from .ode import _check_step, _coefficients, _denoise
+from ..schedules import LOG_SNR_MIN, PathPoint
+from .step import as_point, check_step, denoise
 
 __all__ = ["half_log_snr", "MultistepState", "dpm_solver_1_step", "dpm_solver_2_step", "dpm_solver_pp_2m_step"]
 
@@ -65,24 +65,12 @@ def half_log_snr(schedule, t) -> float:
     >>> half_log_snr(RectifiedFlow(), 0.5), half_log_snr(RectifiedFlow(), 0.0)
     (0.0, inf)
     """
-    if isinstance(t, (int, float)) and not isinstance(t, bool):
-        t = torch.tensor(float(t), dtype=torch.float64)
-    if not isinstance(t, torch.Tensor) or t.dim() != 0:
-        raise ValueError(f"t must be one time (a number or a 0-d tensor), got {getattr(t, 'shape', type(t).__name__)}")
-    alpha_t, sigma_t, _, _ = _coefficients(schedule, t)
-    if sigma_t == 0.0:
-        return math.inf
-    if alpha_t == 0.0:
-        return -math.inf
-    return math.log(alpha_t) - math.log(sigma_t)
+    return as_point(schedule, t).lam
 
 
-def _first_order_coefficients(schedule, t, s):
+def _first_order_coefficients(t: PathPoint, s: PathPoint):
     """alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s and h = lam_s - lam_t."""
-    alpha_t, sigma_t, _, _ = _coefficients(schedule, t)
-    alpha_s, sigma_s, _, _ = _coefficients(schedule, s)
-    lam_t, lam_s = half_log_snr(schedule, t), half_log_snr(schedule, s)
-    return alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, lam_s - lam_t
+    return t.alpha, t.sigma, s.alpha, s.sigma, t.lam, s.lam, s.lam - t.lam
 
 
 def _check_noise_prediction_start(lam_t: float, t) -> None:
@@ -93,7 +81,7 @@ def _check_noise_prediction_start(lam_t: float, t) -> None:
         raise ValueError(
             "DPM-Solver with noise prediction needs sigma_t > 0 and log_snr(t) = 2 lam_t >= LOG_SNR_MIN = "
             f"{LOG_SNR_MIN} at the start of a step (it scales x_t by alpha_s / alpha_t), got log_snr = "
-            f"{2 * lam_t:.4g} at t={float(t)}; start the grid lower (VPCosine: t <= 0.99), or use "
+            f"{2 * lam_t:.4g} at t={t.t}; start the grid lower (VPCosine: t <= 0.99), or use "
             "dpm_solver_pp_2m_step (data prediction) or ddim_step"
         )
 
@@ -119,10 +107,10 @@ def dpm_solver_1_step(denoiser, x_t: torch.Tensor, t, s, *, state=None, generato
     Returns:
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), state).
     """
-    t, s = _check_step(denoiser, x_t, t, s)
-    alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(denoiser.schedule, t, s)
+    t, s = check_step(denoiser, x_t, t, s)
+    alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(t, s)
     _check_noise_prediction_start(lam_t, t)
-    x0_hat = _denoise(denoiser, x_t, t)  # (B, ...)
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
     if sigma_s == 0.0:
         return alpha_s * x0_hat, x0_hat, state  # the h -> inf limit of eq. 3.7
     eps_hat = _eps_hat(x_t, x0_hat, alpha_t, sigma_t)
@@ -152,20 +140,20 @@ def dpm_solver_2_step(denoiser, x_t: torch.Tensor, t, s, *, state=None, generato
     Returns:
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), state).
     """
-    t, s = _check_step(denoiser, x_t, t, s)
+    t, s = check_step(denoiser, x_t, t, s)
     schedule = denoiser.schedule
-    alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(schedule, t, s)
+    alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(t, s)
     _check_noise_prediction_start(lam_t, t)
-    x0_hat = _denoise(denoiser, x_t, t)  # (B, ...)
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
     if sigma_s == 0.0:
         return alpha_s * x0_hat, x0_hat, state  # first-order limit; no midpoint at lam_s = +inf
     eps_hat_t = _eps_hat(x_t, x0_hat, alpha_t, sigma_t)
     # the midpoint in lam; t_from_log_snr takes the course's log_snr = 2 lam
-    u = schedule.t_from_log_snr(torch.tensor(2.0 * (lam_t + 0.5 * h), dtype=torch.float64))
-    alpha_u, sigma_u, _, _ = _coefficients(schedule, u)
-    h_u = half_log_snr(schedule, u) - lam_t  # = h/2 up to the bisection's round-off
+    u = schedule.point(schedule.t_from_log_snr(torch.tensor(2.0 * (lam_t + 0.5 * h), dtype=torch.float64)))
+    alpha_u, sigma_u = u.alpha, u.sigma
+    h_u = u.lam - lam_t  # = h/2 up to the inversion's round-off
     x_u = (alpha_u / alpha_t) * x_t - sigma_u * math.expm1(h_u) * eps_hat_t  # first-order step t -> u
-    x0_hat_u = _denoise(denoiser, x_u, u)  # the extra evaluation, at the midpoint
+    x0_hat_u = denoise(denoiser, x_u, u)  # the extra evaluation, at the midpoint
     eps_hat_u = _eps_hat(x_u, x0_hat_u, alpha_u, sigma_u)
     x_s = (alpha_s / alpha_t) * x_t - sigma_s * math.expm1(h) * eps_hat_u  # t -> s with the midpoint's eps_hat
     return x_s, x0_hat, state
@@ -221,22 +209,22 @@ def dpm_solver_pp_2m_step(denoiser, x_t: torch.Tensor, t, s, *, state: Multistep
     Returns:
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), new MultistepState).
     """
-    t, s = _check_step(denoiser, x_t, t, s)
+    t, s = check_step(denoiser, x_t, t, s)
     if state is not None:
         if not isinstance(state, MultistepState):
             raise ValueError(f"state must be None or a MultistepState from the previous step, got {type(state).__name__}")
-        if state.s != float(t):
+        if state.s != t.t:
             raise ValueError(
-                f"state comes from a step that ended at t={state.s}, but this step starts at t={float(t)}; "
+                f"state comes from a step that ended at t={state.s}, but this step starts at t={t.t}; "
                 "pass state=None to start a new run"
             )
         if state.x0_hat.shape != x_t.shape:
             raise ValueError(f"state.x0_hat has shape {tuple(state.x0_hat.shape)}, x_t has {tuple(x_t.shape)}")
-    alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(denoiser.schedule, t, s)
+    alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(t, s)
     if sigma_t == 0.0:
-        raise ValueError(f"a step needs sigma_t > 0 at its start, got sigma_t = 0 at t={float(t)}")
-    x0_hat = _denoise(denoiser, x_t, t)  # (B, ...)
-    new_state = MultistepState(t=float(t), s=float(s), lam=lam_t, x0_hat=x0_hat)
+        raise ValueError(f"a step needs sigma_t > 0 at its start, got sigma_t = 0 at t={t.t}")
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
+    new_state = MultistepState(t=t.t, s=s.t, lam=lam_t, x0_hat=x0_hat)
     if sigma_s == 0.0:
         return alpha_s * x0_hat, x0_hat, new_state  # lower-order final step: the h -> inf limit
     if state is None:

@@ -41,7 +41,7 @@ import torch
 
 from ..time_grids import check_grid
 from .loop import StepInfo
-from .ode import _check_denoiser_and_x, _coefficients, _denoise
+from .step import check_x, denoise
 
 __all__ = ["check_increasing_grid", "ddim_invert"]
 
@@ -73,23 +73,21 @@ def ddim_invert(denoiser, x0: torch.Tensor, times: torch.Tensor,
     Returns:
         (B, ...) x at times[-1].
     """
-    _check_denoiser_and_x(denoiser, x0, "x0")
+    check_x(denoiser, x0, "x0")
     times = check_increasing_grid(times)
-    schedule = denoiser.schedule
+    points = denoiser.schedule.points(times)  # every coefficient, once
     x = x0
     for i in range(times.numel() - 1):
-        t, s = times[i], times[i + 1]
-        alpha_t, sigma_t, _, _ = _coefficients(schedule, t)
-        alpha_s, sigma_s, _, _ = _coefficients(schedule, s)
-        if sigma_t == 0.0:
+        t, s = points[i], points[i + 1]
+        if t.sigma == 0.0:
             # clean data: x0_hat is exact, eps_hat is 0/0 -> the model's estimate at the next time
-            x0_hat = x / alpha_t  # (B, ...)
-            x0_hat_next = _denoise(denoiser, x, s)
-            eps_hat = (x - alpha_s * x0_hat_next) / sigma_s  # (B, ...)
+            x0_hat = x / t.alpha  # (B, ...)
+            x0_hat_next = denoise(denoiser, x, s)
+            eps_hat = (x - s.alpha * x0_hat_next) / s.sigma  # (B, ...)
         else:
-            x0_hat = _denoise(denoiser, x, t)  # (B, ...)
-            eps_hat = (x - alpha_t * x0_hat) / sigma_t  # (B, ...)
-        x = alpha_s * x0_hat + sigma_s * eps_hat  # DDIM eq. 12 with eta = 0, run forward
+            x0_hat = denoise(denoiser, x, t)  # (B, ...)
+            eps_hat = (x - t.alpha * x0_hat) / t.sigma  # (B, ...)
+        x = s.alpha * x0_hat + s.sigma * eps_hat  # DDIM eq. 12 with eta = 0, run forward
         if callback is not None:
-            callback(StepInfo(i, float(t), float(s), x, x0_hat))
+            callback(StepInfo(i, t.t, s.t, x, x0_hat))
     return x

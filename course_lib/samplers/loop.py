@@ -12,12 +12,14 @@ latent diffusion change the denoiser, never this loop.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..time_grids import check_grid
+from .step import check_x
 
 __all__ = ["StepInfo", "Trajectory", "sample", "prior_sample"]
 
@@ -74,9 +76,15 @@ def prior_sample(schedule, shape, *, generator: torch.Generator | None = None,
 
 @torch.no_grad()
 def sample(denoiser, x_T: torch.Tensor, times: torch.Tensor, step: Callable, *,
-           generator: torch.Generator | None = None,
+           generator: torch.Generator | None = None, noise: Sequence[torch.Tensor] | None = None,
            callback: Callable[[StepInfo], Any] | None = None, **step_kwargs) -> torch.Tensor:
     r"""Integrate from x_T at times[0] down to times[-1] with one step function.
+
+    Everything is validated once, here: the grid, x_T, the denoiser and the explicit noise. The
+    coefficients of every grid time come from one call of :meth:`Schedule.points` (float64
+    numbers), so the loop itself does no schedule arithmetic and no host synchronisation; each
+    step only adds a finiteness flag, read once after the loop: a non-finite x (a NaN or inf
+    denoiser output, say) raises a ``ValueError`` naming the first step where it appeared.
 
     Args:
         denoiser: D(x_t, t) -> x0_hat, with a ``schedule`` attribute (a
@@ -85,19 +93,41 @@ def sample(denoiser, x_T: torch.Tensor, times: torch.Tensor, step: Callable, *,
         times: (K+1,) strictly decreasing grid (see :mod:`course_lib.time_grids`).
         step: a step function such as :func:`~course_lib.samplers.ddpm.ddpm_step`.
         generator: the source of every noise draw of a stochastic step.
+        noise: instead of ``generator``, the explicit noise of every step: K tensors, the i-th
+            passed to step i as ``noise=`` (x_T's shape, or (k, *x_T.shape) for a step that draws
+            k normals); the same list replays the same run exactly.
         callback: called with a :class:`StepInfo` after every step.
     Returns:
         x at times[-1], shape of x_T.
     """
     times = check_grid(times)
-    if not isinstance(x_T, torch.Tensor) or x_T.dim() < 2:
-        raise ValueError(f"x_T must be a tensor of shape (B, ...), got {getattr(x_T, 'shape', type(x_T))}")
-    if not hasattr(denoiser, "schedule"):
-        raise ValueError("denoiser must carry the schedule it was trained on (wrap the net in a Denoiser)")
-    x, state = x_T, None
-    for i in range(times.numel() - 1):
-        t, s = times[i], times[i + 1]
+    check_x(denoiser, x_T, "x_T")
+    if x_T.dim() < 2:
+        raise ValueError(f"x_T must be a tensor of shape (B, ...), got {tuple(x_T.shape)}")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T must be finite, got NaN or inf entries")
+    n_steps = times.numel() - 1
+    if noise is not None:
+        if "noise" not in inspect.signature(step).parameters:
+            raise ValueError(f"{getattr(step, '__name__', step)} is deterministic: it takes no noise")
+        if isinstance(noise, torch.Tensor) or len(noise) != n_steps:
+            raise ValueError(f"noise must be a sequence of one tensor per step ({n_steps}), got "
+                             f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else len(noise)}")
+    points = denoiser.schedule.points(times)
+    x, state, finite = x_T, None, []
+    for i in range(n_steps):
+        t, s = points[i], points[i + 1]
+        if noise is not None:
+            step_kwargs["noise"] = noise[i]
         x, x0_hat, state = step(denoiser, x, t, s, state=state, generator=generator, **step_kwargs)
+        finite.append(torch.isfinite(x).all())  # a flag on x's device; read after the loop
         if callback is not None:
-            callback(StepInfo(i, float(t), float(s), x, x0_hat))
+            callback(StepInfo(i, t.t, s.t, x, x0_hat))
+    flags = torch.stack(finite)
+    if not bool(flags.all()):
+        i = int(torch.nonzero(~flags)[0])
+        raise ValueError(
+            f"sampling produced a non-finite x first at step {i} (t={points[i].t:.6g} -> s={points[i + 1].t:.6g}): "
+            "the denoiser returned NaN or inf there, or the step's coefficients are not finite at these times"
+        )
     return x

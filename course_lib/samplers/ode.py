@@ -40,112 +40,34 @@ from __future__ import annotations
 
 import torch
 
-from ..schedules import broadcast_to, check_times
+from ..schedules import PathPoint, broadcast_to, check_times
+from .step import check_step, check_x, denoise
 
 __all__ = ["pf_ode_velocity", "euler_step", "heun_step"]
 
 
-# ------------------------------------------------------------------------------------------
-# Shared checks and helpers of the step functions of chapters 05-07 (ode, sde, dpm_solver,
-# inversion). A step function validates its inputs and never corrects them.
-# ------------------------------------------------------------------------------------------
-def _check_time(t, name: str) -> torch.Tensor:
-    """A single time for the whole batch: a number or a 0-d floating tensor in [0, 1]."""
-    if isinstance(t, (int, float)) and not isinstance(t, bool):
-        t = torch.tensor(float(t), dtype=torch.float64)
-    if not isinstance(t, torch.Tensor) or t.dim() != 0:
-        raise ValueError(
-            f"{name} must be one time for the whole batch (a number or a 0-d tensor in [0, 1]), "
-            f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
-        )
-    return check_times(t, name)
-
-
-def _check_denoiser_and_x(denoiser, x_t: torch.Tensor, name: str = "x_t") -> None:
-    if not hasattr(denoiser, "schedule"):
-        raise ValueError("denoiser must carry the schedule it was trained on (wrap the net in a Denoiser)")
-    if not isinstance(x_t, torch.Tensor) or not x_t.is_floating_point() or x_t.dim() < 1:
-        raise ValueError(
-            f"{name} must be a floating-point tensor of shape (B, ...), got "
-            f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}"
-            f"{' of dtype ' + str(x_t.dtype) if isinstance(x_t, torch.Tensor) else ''}"
-        )
-
-
-def _check_step(denoiser, x_t: torch.Tensor, t, s) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a reverse step t -> s: the denoiser, x_t (B, ...), and times 0 <= s < t <= 1."""
-    _check_denoiser_and_x(denoiser, x_t)
-    t, s = _check_time(t, "t"), _check_time(s, "s")
-    if not bool(s.double() < t.double()):
-        raise ValueError(
-            f"a reverse step needs s < t (sampling runs from noise t=1 to data t=0), got t={float(t)}, s={float(s)}"
-        )
-    return t, s
-
-
-def _check_noise(noise, x_t: torch.Tensor) -> None:
-    if not isinstance(noise, torch.Tensor) or noise.shape != x_t.shape:
-        raise ValueError(
-            f"noise must be a standard normal tensor of x_t's shape {tuple(x_t.shape)}, got "
-            f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}"
-        )
-
-
-def _denoise(denoiser, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x0_hat = D(x_t, t) with one time t () broadcast over the batch; checks the output shape."""
-    x0_hat = denoiser(x_t, t.expand(x_t.shape[0]))
-    if not isinstance(x0_hat, torch.Tensor) or x0_hat.shape != x_t.shape:
-        raise ValueError(
-            f"the denoiser must return x0_hat of x_t's shape {tuple(x_t.shape)}, got "
-            f"{tuple(x0_hat.shape) if isinstance(x0_hat, torch.Tensor) else type(x0_hat).__name__}"
-        )
-    return x0_hat
-
-
-def _check_moving(schedule, t: torch.Tensor) -> None:
+def _check_moving(t: PathPoint) -> None:
     """Raise where d_alpha_t = d_sigma_t = 0: a VP schedule zeroes its time derivatives where it
     clips its log-SNR (e.g. VPCosine at t = 1, where alpha_1 = 0), and an ODE or SDE step started
     there would not move. (Only steps check this: integrating *up to* such a t is harmless.)"""
-    t64 = t.to(torch.float64)
-    still = (schedule._d_alpha(t64) == 0) & (schedule._d_sigma(t64) == 0)
-    if bool(still.any()):
+    if t.d_alpha == 0.0 and t.d_sigma == 0.0:
         raise ValueError(
-            "the schedule's time derivatives d_alpha_t and d_sigma_t are both 0 at "
-            f"t={t64[still].tolist() if t64.dim() else float(t64)} (its log-SNR is clipped there), so the "
-            "ODE/SDE would not move; start the grid where the log-SNR is inside [LOG_SNR_MIN, LOG_SNR_MAX] "
-            "(VPCosine: t <= 0.99)"
+            f"the schedule's time derivatives d_alpha_t and d_sigma_t are both 0 at t={t.t} (its log-SNR "
+            "is clipped there), so the ODE/SDE would not move; start the grid where the log-SNR is inside "
+            "[LOG_SNR_MIN, LOG_SNR_MAX] (VPCosine: t <= 0.99)"
         )
 
 
-def _coefficients(schedule, t: torch.Tensor) -> tuple[float, float, float, float]:
-    """(alpha_t, sigma_t, d_alpha_t, d_sigma_t) as float64 Python numbers for a 0-d time t."""
-    t64 = t.to(torch.float64)
-    return (float(schedule._alpha(t64)), float(schedule._sigma(t64)),
-            float(schedule._d_alpha(t64)), float(schedule._d_sigma(t64)))
-
-
-# ------------------------------------------------------------------------------------------
-# The probability-flow velocity
-# ------------------------------------------------------------------------------------------
-def _velocity_and_x0_hat(denoiser, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(v(x, t), x0_hat) for a 0-d or (B,) time t."""
-    schedule = denoiser.schedule
-    t64 = t.to(torch.float64)
-    sigma_t = schedule._sigma(t64)
-    if bool((sigma_t == 0).any()):
+def _velocity_at(denoiser, x: torch.Tensor, t: PathPoint) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v(x, t), x0_hat) at one time for the whole batch: v = d_alpha_t x0_hat + d_sigma_t eps_hat."""
+    if t.sigma == 0.0:
         raise ValueError(
             "the probability-flow velocity needs sigma_t > 0 (eps_hat = (x_t - alpha_t x0_hat) / sigma_t "
-            f"is 0/0 at sigma_t = 0), got t={t.tolist()}"
+            f"is 0/0 at sigma_t = 0), got t={t.t}"
         )
-    alpha_t, d_alpha_t, d_sigma_t = schedule._alpha(t64), schedule._d_alpha(t64), schedule._d_sigma(t64)
-    t_batch = t.expand(x.shape[0]) if t.dim() == 0 else t
-    x0_hat = denoiser(x, t_batch)
-    if not isinstance(x0_hat, torch.Tensor) or x0_hat.shape != x.shape:
-        raise ValueError(f"the denoiser must return x0_hat of x's shape {tuple(x.shape)}, got "
-                         f"{tuple(x0_hat.shape) if isinstance(x0_hat, torch.Tensor) else type(x0_hat).__name__}")
-    eps_hat = (x - broadcast_to(alpha_t, x) * x0_hat) / broadcast_to(sigma_t, x)  # (B, ...)
-    velocity = broadcast_to(d_alpha_t, x) * x0_hat + broadcast_to(d_sigma_t, x) * eps_hat  # (B, ...)
-    return velocity, x0_hat
+    x0_hat = denoise(denoiser, x, t)  # (B, ...)
+    eps_hat = (x - t.alpha * x0_hat) / t.sigma  # (B, ...)
+    return t.d_alpha * x0_hat + t.d_sigma * eps_hat, x0_hat
 
 
 def pf_ode_velocity(denoiser, x: torch.Tensor, t) -> torch.Tensor:
@@ -159,19 +81,33 @@ def pf_ode_velocity(denoiser, x: torch.Tensor, t) -> torch.Tensor:
     Args:
         denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
         x: (B, ...) the state x_t.
-        t: () or (B,) times in [0, 1] with sigma_t > 0. Where a schedule clips its log-SNR
-            (VPCosine at t = 1) its derivatives, and so this velocity, are 0 by design.
+        t: () or (B,) times in [0, 1] with sigma_t > 0 (or a PathPoint). Where a schedule clips its
+            log-SNR (VPCosine at t = 1) its derivatives, and so this velocity, are 0 by design.
     Returns:
         (B, ...) dx/dt.
     """
-    _check_denoiser_and_x(denoiser, x, "x")
+    check_x(denoiser, x, "x")
+    if isinstance(t, PathPoint):
+        return _velocity_at(denoiser, x, t)[0]
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         t = torch.tensor(float(t), dtype=torch.float64)
     t = check_times(t)
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
         raise ValueError(f"t must have shape () or ({x.shape[0]},), got {tuple(t.shape)}")
-    velocity, _ = _velocity_and_x0_hat(denoiser, x, t)
-    return velocity
+    schedule, t64 = denoiser.schedule, t.to(torch.float64)
+    sigma_t = schedule.sigma(t64)
+    if bool((sigma_t == 0).any()):
+        raise ValueError(
+            "the probability-flow velocity needs sigma_t > 0 (eps_hat = (x_t - alpha_t x0_hat) / sigma_t "
+            f"is 0/0 at sigma_t = 0), got t={t.tolist()}"
+        )
+    alpha_t, d_alpha_t, d_sigma_t = schedule.alpha(t64), schedule.d_alpha(t64), schedule.d_sigma(t64)
+    x0_hat = denoiser(x, t.expand(x.shape[0]) if t.dim() == 0 else t)
+    if not isinstance(x0_hat, torch.Tensor) or x0_hat.shape != x.shape:
+        raise ValueError(f"the denoiser must return x0_hat of x's shape {tuple(x.shape)}, got "
+                         f"{tuple(x0_hat.shape) if isinstance(x0_hat, torch.Tensor) else type(x0_hat).__name__}")
+    eps_hat = (x - broadcast_to(alpha_t, x) * x0_hat) / broadcast_to(sigma_t, x)  # (B, ...)
+    return broadcast_to(d_alpha_t, x) * x0_hat + broadcast_to(d_sigma_t, x) * eps_hat  # (B, ...)
 
 
 # ------------------------------------------------------------------------------------------
@@ -186,17 +122,16 @@ def euler_step(denoiser, x_t: torch.Tensor, t, s, *, state=None, generator=None)
     Args:
         denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
         x_t: (B, ...) the state at time t.
-        t, s: 0-d times with 0 <= s < t <= 1 and sigma_t > 0.
+        t, s: times with 0 <= s < t <= 1 and sigma_t > 0 (numbers, 0-d tensors or PathPoints).
         state: passed through (a one-step method remembers nothing).
         generator: unused (deterministic); accepted for the common step signature.
     Returns:
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), state).
     """
-    t, s = _check_step(denoiser, x_t, t, s)
-    _check_moving(denoiser.schedule, t)
-    velocity, x0_hat = _velocity_and_x0_hat(denoiser, x_t, t)  # (B, ...)
-    h = float(s.double() - t.double())  # negative: time runs backwards
-    return x_t + h * velocity, x0_hat, state
+    t, s = check_step(denoiser, x_t, t, s)
+    _check_moving(t)
+    velocity, x0_hat = _velocity_at(denoiser, x_t, t)  # (B, ...)
+    return x_t + (s.t - t.t) * velocity, x0_hat, state  # s - t < 0: time runs backwards
 
 
 def heun_step(denoiser, x_t: torch.Tensor, t, s, *, state=None, generator=None):
@@ -220,17 +155,17 @@ def heun_step(denoiser, x_t: torch.Tensor, t, s, *, state=None, generator=None):
     Args:
         denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
         x_t: (B, ...) the state at time t.
-        t, s: 0-d times with 0 <= s < t <= 1 and sigma_t > 0.
+        t, s: times with 0 <= s < t <= 1 and sigma_t > 0 (numbers, 0-d tensors or PathPoints).
         state: passed through. generator: unused (deterministic).
     Returns:
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), state).
     """
-    t, s = _check_step(denoiser, x_t, t, s)
-    _check_moving(denoiser.schedule, t)
-    h = float(s.double() - t.double())
-    d_t, x0_hat = _velocity_and_x0_hat(denoiser, x_t, t)  # (B, ...)
+    t, s = check_step(denoiser, x_t, t, s)
+    _check_moving(t)
+    h = s.t - t.t
+    d_t, x0_hat = _velocity_at(denoiser, x_t, t)  # (B, ...)
     x_s = x_t + h * d_t  # Euler predictor
-    if float(denoiser.schedule._sigma(s.to(torch.float64))) == 0.0:
+    if s.sigma == 0.0:
         return x_s, x0_hat, state  # Algorithm 1, line 6: no correction at sigma = 0
-    d_s, _ = _velocity_and_x0_hat(denoiser, x_s, s)  # (B, ...)
+    d_s, _ = _velocity_at(denoiser, x_s, s)  # (B, ...)
     return x_t + h * 0.5 * (d_t + d_s), x0_hat, state  # trapezoidal rule

@@ -41,10 +41,22 @@ import math
 
 import torch
 
-from ..schedules import Schedule, check_times
-from .ode import _check_moving, _check_noise, _check_step, _coefficients, _denoise
+from ..schedules import PathPoint, Schedule, check_times
+from .ode import _check_moving
+from .step import check_step, denoise, draw_noise
 
 __all__ = ["drift_and_diffusion", "euler_maruyama_step"]
+
+
+def _drift_and_diffusion_at(t: PathPoint) -> tuple[float, float]:
+    """(f(t), g(t)^2) as float64 numbers at one point (see :func:`drift_and_diffusion`)."""
+    if t.alpha <= 0.0:
+        raise ValueError(
+            "the drift f = d_alpha_t / alpha_t needs alpha_t > 0; this schedule has alpha_t = 0 at "
+            f"t={t.t} (start the SDE slightly below t = 1)"
+        )
+    f = t.d_alpha / t.alpha
+    return f, 2 * t.sigma * (t.d_sigma - f * t.sigma)  # g^2 = d(sigma_t^2)/dt - 2 f sigma_t^2
 
 
 def drift_and_diffusion(schedule: Schedule, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,8 +81,8 @@ def drift_and_diffusion(schedule: Schedule, t) -> tuple[torch.Tensor, torch.Tens
         raise ValueError(f"schedule must be a course_lib Schedule, got {type(schedule).__name__}")
     t = check_times(t)
     t64 = t.to(torch.float64)
-    alpha_t, sigma_t = schedule._alpha(t64), schedule._sigma(t64)
-    d_alpha_t, d_sigma_t = schedule._d_alpha(t64), schedule._d_sigma(t64)
+    alpha_t, sigma_t = schedule.alpha(t64), schedule.sigma(t64)
+    d_alpha_t, d_sigma_t = schedule.d_alpha(t64), schedule.d_sigma(t64)
     if bool((alpha_t <= 0).any()):
         raise ValueError(
             "the drift f = d_alpha_t / alpha_t needs alpha_t > 0; this schedule has alpha_t = 0 at "
@@ -93,30 +105,24 @@ def euler_maruyama_step(denoiser, x_t: torch.Tensor, t, s, *, state=None,
     Args:
         denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
         x_t: (B, ...) the state at time t.
-        t, s: 0-d times with 0 <= s < t <= 1, alpha_t > 0 and sigma_t > 0.
+        t, s: times with 0 <= s < t <= 1, alpha_t > 0 and sigma_t > 0.
         state: passed through.
         generator: the source of z when ``noise`` is not given.
         noise: optional z, standard normal of x_t's shape.
     Returns:
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), state).
     """
-    t, s = _check_step(denoiser, x_t, t, s)
-    if noise is not None:
-        _check_noise(noise, x_t)
-    schedule = denoiser.schedule
-    alpha_t, sigma_t, _, _ = _coefficients(schedule, t)
-    if sigma_t == 0.0:
-        raise ValueError(f"the score -eps_hat / sigma_t needs sigma_t > 0, got sigma_t = 0 at t={float(t)}")
-    _check_moving(schedule, t)
-    f, g2 = (float(c) for c in drift_and_diffusion(schedule, t.to(torch.float64)))
+    t, s = check_step(denoiser, x_t, t, s)
+    if t.sigma == 0.0:
+        raise ValueError(f"the score -eps_hat / sigma_t needs sigma_t > 0, got sigma_t = 0 at t={t.t}")
+    _check_moving(t)
+    f, g2 = _drift_and_diffusion_at(t)
     if not (math.isfinite(f) and math.isfinite(g2) and g2 >= 0.0):
-        raise ValueError(f"the SDE needs finite f and g^2 >= 0 at t={float(t)}, got f={f}, g^2={g2}")
-    x0_hat = _denoise(denoiser, x_t, t)  # (B, ...)
-    eps_hat = (x_t - alpha_t * x0_hat) / sigma_t  # (B, ...)
-    score = -eps_hat / sigma_t  # (B, ...)
-    h = float(s.double() - t.double())  # negative
+        raise ValueError(f"the SDE needs finite f and g^2 >= 0 at t={t.t}, got f={f}, g^2={g2}")
+    z = draw_noise(x_t, generator, noise)
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
+    eps_hat = (x_t - t.alpha * x0_hat) / t.sigma  # (B, ...)
+    score = -eps_hat / t.sigma  # (B, ...)
+    h = s.t - t.t  # negative
     drift = f * x_t - g2 * score  # reverse-SDE drift, eq. 6
-    if noise is None:
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-    x_s = x_t + h * drift + math.sqrt(g2 * -h) * noise
-    return x_s, x0_hat, state
+    return x_t + h * drift + math.sqrt(g2 * -h) * z, x0_hat, state
