@@ -106,3 +106,41 @@ def test_score_images_rejects_a_bad_batch_size_and_matches_evaluate_samples():
     pieces = evaluate_samples(model, images, batch_size=2)
     torch.testing.assert_close(whole["probs"], pieces["probs"])
     torch.testing.assert_close(whole["features"], pieces["features"])
+
+
+def test_the_shared_loop_gives_the_weights_of_the_loop_it_replaced():
+    """fit_classifier (one loop for both classifiers) reproduces the digit classifier's former loop exactly."""
+    from course_lib.classifier import _augment
+
+    steps, batch_size, lr, seed = 6, 32, 2e-3, 5
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = DigitClassifier()
+    train_x, train_y = digits("train")
+    optimizer = torch.optim.Adam(reference.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0 - k / steps)
+    reference.train()
+    for _ in range(steps):  # the loop as it was before the merge
+        index = torch.randint(0, len(train_y), (batch_size,), generator=generator)
+        x0 = _augment(train_x[index], generator, 1, 0.2)
+        loss = F.cross_entropy(reference(x0), train_y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    model, _ = train_digit_classifier(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_fit_classifier_reports_progress():
+    from course_lib.classifier import fit_classifier
+    from course_lib.training import progress_listener
+
+    model = DigitClassifier()
+    x, y = digits("test")
+    seen = []
+    with progress_listener(lambda step, steps, loss: seen.append((step, steps))):
+        fit_classifier(model, lambda net: F.cross_entropy(net(x[:16]), y[:16]), steps=30, lr=1e-3, log_every=10)
+    assert seen == [(10, 30), (20, 30), (30, 30)] and not model.training

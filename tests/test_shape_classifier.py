@@ -114,3 +114,33 @@ def test_model_shapes_and_bad_input():
         train_shape_classifier(outlier_weight=-1)
     with pytest.raises(ValueError, match="n must be a positive int, got 0"):
         shape_test_set(0)
+
+
+def test_the_shared_loop_gives_the_weights_of_the_loop_it_replaced():
+    """train_shape_classifier runs the digit classifier's loop (fit_classifier); same draws, same weights."""
+    from course_lib.shape_classifier import _augment
+
+    steps, batch_size, n_train, lr, seed, weight = 4, 16, 200, 2e-3, 2, 0.5
+    n_out = max(1, batch_size // 4)
+    train = shapes(n_train, size=16, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = ShapeClassifier()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0 - k / steps)
+    reference.train()
+    for _ in range(steps):  # the loop as it was before the merge
+        index = torch.randint(0, n_train, (batch_size,), generator=generator)
+        loss = F.cross_entropy(reference(_augment(train.images[index], generator, 0.2)), train.labels[index])
+        pick = torch.randint(0, n_train, (n_out,), generator=generator)
+        log_p = F.log_softmax(reference(_outliers(train.images[pick], generator)), dim=1)
+        loss = loss + weight * (-log_p.mean(1)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    model, _ = train_shape_classifier(steps=steps, batch_size=batch_size, n_train=n_train, lr=lr, seed=seed,
+                                      outlier_weight=weight)
+    for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(p, q), name
