@@ -152,6 +152,18 @@ def machine_header() -> str:
     )
 
 
+def _section_starts(text: str) -> list[int]:
+    """Where the marked sections (``<!-- NAME:start -->`` ... ``<!-- NAME:end -->``) of a results file begin."""
+    starts, i = [], text.find("<!-- ")
+    while i >= 0:
+        head = text[i:text.find("-->", i) + 3]
+        if head.endswith(":start -->") and head.replace(":start", ":end") in text[i:]:
+            starts.append(i)
+            i = text.index(head.replace(":start", ":end"), i)
+        i = text.find("<!-- ", i + 1)
+    return starts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chapters", nargs="+", metavar="ID", help="chapter ids (default: all)")
@@ -189,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table, end="")
     if args.write:
-        Path(args.write).write_text(machine_header() + "\n" + table, encoding="utf-8")
+        path = Path(args.write)
+        # keep the sections other benchmark scripts own (e.g. sampler_overhead.py's), marked start/end
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        kept = "".join(old[i:old.index("-->", old.index(":end -->", i)) + 3] + "\n"
+                       for i in _section_starts(old))
+        path.write_text(machine_header() + "\n" + table + ("\n" + kept if kept else ""), encoding="utf-8")
         print(f"written to {args.write}")
     return 1 if any(r.error for r in results) else 0
 

@@ -49,7 +49,9 @@ def ddpm_step(denoiser, x_t, t, s, *, variance: str = "fixed_small", state=None,
       (optimal for x0 deterministic); diffusers' ``variance_type="fixed_small"``;
     * ``fixed_large``: var = beta = sigma_{t|s}^2, the forward transition's (optimal for
       x0 ~ N(0, I)); diffusers' ``"fixed_large"``. As in Algorithm 2 (z = 0 at the last step),
-      the step to s = 0 adds no noise with either choice.
+      the step to s = 0 adds no noise with either choice. (diffusers skips the noise only when the
+      step starts at its timestep 0; on a coarser grid its fixed_large last step adds noise of
+      variance 1 - alpha_bar_t to the sample. The two agree on the full chain, as tested.)
 
     Args:
         x_t: (B, ...) ; t, s: times with s < t.
