@@ -30,8 +30,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Diffusion course (Python 3)" >/dev/null
 	touch $(STAMP)
 
+# make lab first starts one background build of the zoo (one torch thread), in the order the
+# chapters first need the models, logging to zoo-build.log in the cache folder; a notebook that
+# needs a model being built waits for it and shows the builder's progress (the zoo's file lock).
+# A build already running is left alone; `make lab LAB_ZOO=0` skips it.
+LAB_ZOO ?= 1
+ZOO_CHAPTER_ORDER := digits_unet digit_classifier ddpm_moons ddpm_eight_gaussians digits_unet_ddpm1000 \
+	fm_moons fm_eight_gaussians digits_unet_fm reflow_moons reflow_eight_gaussians reflow_digits distill_digits \
+	cd_digits ct_moons shapes_classifier shapes_vae shapes_latent_unet shapes_pixel_unet
+
 lab: setup
 	$(BIN)/python -m course_lib.device
+	@if [ "$(LAB_ZOO)" = 1 ]; then \
+		dir=$$($(BIN)/python -c "from course_lib.zoo import cache_dir; print(cache_dir())") || exit 1; \
+		if [ -f "$$dir/zoo-build.pid" ] && kill -0 "$$(cat "$$dir/zoo-build.pid")" 2>/dev/null; then \
+			echo "zoo: a background build is already running (log: $$dir/zoo-build.log)"; \
+		else \
+			OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nohup $(BIN)/python -m course_lib.zoo build $(ZOO_CHAPTER_ORDER) \
+				> "$$dir/zoo-build.log" 2>&1 & echo $$! > "$$dir/zoo-build.pid"; \
+			echo "zoo: building the models in the background, in chapter order (log: $$dir/zoo-build.log)"; \
+		fi; \
+	fi
 	$(BIN)/jupyter lab --notebook-dir=chapters $(LAB_ARGS) chapters/00_start_here.ipynb
 
 unit: setup
