@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 LAB_ZOO ?= 1
 ZOO_CHAPTER_ORDER := digits_unet digit_classifier ddpm_moons ddpm_eight_gaussians digits_unet_ddpm1000 \
 	fm_moons fm_eight_gaussians digits_unet_fm reflow_moons reflow_eight_gaussians reflow_digits distill_digits \
-	cd_digits ct_moons shapes_classifier shapes_vae shapes_latent_unet shapes_pixel_unet
+	cd_digits ct_moons shapes_vae shapes_classifier shapes_latent_unet shapes_pixel_unet
 
 lab: setup
 	$(BIN)/python -m course_lib.device

@@ -144,3 +144,31 @@ def test_initial_weights_come_from_the_recipe_seed(monkeypatch, tmp_path):
     state = torch.get_rng_state()
     zoo.load("randinit", profile=quick, device="cpu", progress=False, rebuild=True)
     assert torch.equal(state, torch.get_rng_state())  # the caller's RNG is left alone
+
+
+def test_make_lab_builds_every_model_the_chapters_load_in_the_order_they_need_them():
+    """ZOO_CHAPTER_ORDER (the Makefile's background build of make lab) follows the chapters' first uses."""
+    import re
+    from pathlib import Path
+
+    import nbformat
+
+    repo = Path(__file__).resolve().parent.parent
+    makefile = (repo / "Makefile").read_text().replace("\\\n", " ")
+    queue = re.search(r"^ZOO_CHAPTER_ORDER := (.*)$", makefile, re.M).group(1).split()
+    assert set(queue) <= set(zoo.RECIPES) | set(zoo.SAMPLE_SETS) and len(queue) == len(set(queue))
+    call = re.compile(r"zoo\.\w+\(\s*f?[\"']([a-z0-9_{}]+)[\"']|(?<![\w.])pretrained\w*\(\s*[\"']([a-z0-9_]+)[\"']")
+    first_use = []
+    for notebook in sorted((repo / "chapters").glob("[0-9][0-9]_*.ipynb")):
+        source = "\n".join(c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code")
+        toys = re.search(r"TOYS = \(([^)]*)\)", source)
+        for match in call.finditer(source):
+            name = match.group(1) or match.group(2)
+            names = [name.replace("{name}", t.strip(" \"'")) for t in toys.group(1).split(",")] \
+                if "{name}" in name and toys else [name]
+            first_use += [n for n in names if n in zoo.RECIPES or n in zoo.SAMPLE_SETS]
+    first_use = list(dict.fromkeys(first_use))
+    assert set(first_use) <= set(queue), f"the chapters load {sorted(set(first_use) - set(queue))}, not in the queue"
+    positions = [queue.index(n) for n in first_use]
+    assert positions[:2] == sorted(positions[:2]) and queue[:2] == first_use[:2]  # chapter 00's models first
+    assert sorted(positions) == positions, f"queue order {queue} differs from first use {first_use}"
