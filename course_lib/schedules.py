@@ -207,22 +207,32 @@ class Schedule:
         r"""alpha_bar(t) = alpha_t^2 in DDPM's notation (Ho et al. 2020, eq. 4)."""
         return self.alpha(t) ** 2
 
-    def t_from_log_snr(self, log_snr: torch.Tensor, iterations: int = 64) -> torch.Tensor:
-        r"""Invert lambda_t: the time t with log_snr(t) = log_snr.
-
-        Bisection in float64 on [0, 1] (every schedule's lambda_t decreases in t).
-        Values outside the schedule's range raise a ValueError.
-        """
+    def _check_log_snr(self, log_snr) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate targets of :meth:`t_from_log_snr`: a number or a floating tensor, finite, inside
+        this schedule's clipped range. Returns (log_snr as a tensor, its float64 copy)."""
+        if isinstance(log_snr, bool) or not isinstance(log_snr, (int, float, torch.Tensor)):
+            raise ValueError(f"log_snr must be a number or a torch.Tensor, got {type(log_snr).__name__}")
         if not isinstance(log_snr, torch.Tensor):
             log_snr = torch.as_tensor(float(log_snr))
         target = _wide(log_snr)
+        if target.numel() and not bool(torch.isfinite(target).all()):
+            raise ValueError(f"log_snr must be finite (it is clipped to [{LOG_SNR_MIN}, {LOG_SNR_MAX}]), got {log_snr}")
         lo_val = self._raw_log_snr(torch.ones((), dtype=target.dtype)).clamp(LOG_SNR_MIN, LOG_SNR_MAX)
         hi_val = self._raw_log_snr(torch.zeros((), dtype=target.dtype)).clamp(LOG_SNR_MIN, LOG_SNR_MAX)
-        if bool((target < lo_val - 1e-9).any()) or bool((target > hi_val + 1e-9).any()):
+        if target.numel() and (bool((target < lo_val - 1e-9).any()) or bool((target > hi_val + 1e-9).any())):
             raise ValueError(
                 f"log_snr must lie in this schedule's range [{float(lo_val):.4g}, {float(hi_val):.4g}], "
                 f"got values in [{float(target.min()):.4g}, {float(target.max()):.4g}]"
             )
+        return log_snr, target
+
+    def t_from_log_snr(self, log_snr: torch.Tensor, iterations: int = 64) -> torch.Tensor:
+        r"""Invert lambda_t: the time t with log_snr(t) = log_snr.
+
+        Bisection in float64 on [0, 1] (every schedule's lambda_t decreases in t).
+        NaN, infinite and out-of-range values raise a ValueError.
+        """
+        log_snr, target = self._check_log_snr(log_snr)
         lo = torch.zeros_like(target)
         hi = torch.ones_like(target)
         for _ in range(iterations):
@@ -269,10 +279,17 @@ class Schedule:
 
     def sample_t(self, batch_size: int, *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> torch.Tensor:
-        """Training times t ~ U(0, 1), shape (batch_size,). DiscreteSchedule draws n/N instead."""
+        """Training times t ~ U(0, 1], shape (batch_size,). DiscreteSchedule draws n/N instead.
+
+        torch.rand draws u ~ U[0, 1), which includes u = 0 (about once in 25 million draws, as issue 9 counted: a
+        10,000-step run at batch 1,024 meets it with probability ~35 %), where x_t = x0 and most
+        targets and weights are singular. An exact 0 is mapped to 1, so t ~ U(0, 1] and every
+        other draw is torch.rand's own (trained models stay bit-identical).
+        """
         if int(batch_size) <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        return torch.rand(batch_size, generator=generator, device=device)
+        u = torch.rand(batch_size, generator=generator, device=device)  # U[0, 1)
+        return torch.where(u == 0, torch.ones_like(u), u)  # U(0, 1]: the one point 0 moved to 1
 
     def prior_std(self) -> float:
         """Standard deviation of x_1 when the data has unit variance: sqrt(alpha_1^2 + sigma_1^2)."""
@@ -618,11 +635,23 @@ class DDPMTable:
     """
 
     KINDS = ("linear", "scaled_linear", "cosine", "sigmoid")
+    PARAMETERS = {  # the keyword arguments each kind of :meth:`from_name` accepts
+        "linear": ("beta_start", "beta_end"),
+        "scaled_linear": ("beta_start", "beta_end"),
+        "cosine": ("s", "max_beta"),
+        "sigmoid": ("beta_start", "beta_end"),
+    }
 
     def __init__(self, betas: torch.Tensor):
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.dim() != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+        if not bool(torch.isfinite(betas).all()):
+            bad = torch.nonzero(~torch.isfinite(betas))[:, 0]
+            raise ValueError(
+                f"every beta_n must be a finite number in (0, 1), got {float(betas[bad[0]])} at n = "
+                f"{int(bad[0]) + 1} ({bad.numel()} non-finite of {betas.numel()})"
+            )
         if bool((betas <= 0).any()) or bool((betas >= 1).any()):
             raise ValueError(
                 f"every beta_n must lie in (0, 1), got values in [{float(betas.min()):.4g}, {float(betas.max()):.4g}]"
@@ -645,14 +674,28 @@ class DDPMTable:
         * ``cosine``: beta_n = 1 - alpha_bar(n/N)/alpha_bar((n-1)/N), clipped at 0.999
           (Nichol & Dhariwal 2021, eq. 17);
         * ``sigmoid``: beta_n = sigmoid(linspace(-6, 6)) (0.02 - 1e-4) + 1e-4 (Xu et al. 2022, GeoDiff).
+
+        Keyword arguments other than those of ``PARAMETERS[kind]`` raise a ValueError.
         """
         if kind not in cls.KINDS:
             raise ValueError(f"unknown DDPM table kind {kind!r}; expected one of {cls.KINDS}")
-        if not isinstance(n_train_steps, int) or n_train_steps <= 1:
+        unknown = sorted(set(kwargs) - set(cls.PARAMETERS[kind]))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {unknown} for the DDPM table {kind!r}; expected n_train_steps and "
+                f"any of {list(cls.PARAMETERS[kind])}"
+            )
+        if isinstance(n_train_steps, bool) or not isinstance(n_train_steps, int) or n_train_steps <= 1:
             raise ValueError(f"n_train_steps must be an integer > 1, got {n_train_steps!r}")
         N = n_train_steps
         if kind == "linear":
             scale = 1000.0 / N
+            if "beta_end" not in kwargs and scale * 0.02 >= 1:
+                raise ValueError(
+                    f"the linear DDPM table scales beta_N = 0.02 by 1000/N, which needs N >= 21 to keep "
+                    f"beta_N < 1; got n_train_steps={N} (beta_N would be {scale * 0.02:.3g}; pass beta_end "
+                    "to choose it yourself)"
+                )
             b0, b1 = kwargs.get("beta_start", scale * 1e-4), kwargs.get("beta_end", scale * 0.02)
             betas = torch.linspace(b0, b1, N, dtype=torch.float64)
         elif kind == "scaled_linear":
@@ -700,6 +743,22 @@ class DiscreteSchedule(VPSchedule):
     alpha_t^2 = alpha_bar_n exactly at t = n / N; in between, lambda_t is interpolated
     linearly (on the first interval from LOG_SNR_MAX, since lambda_0 = +inf). Training
     times are drawn on the grid: t = n / N with n ~ U{1, ..., N} (Ho et al. 2020, Algorithm 1).
+
+    Three functions, one piecewise-linear lambda_t (chapters 02 and 07):
+
+    * :meth:`log_snr`: a time within 1e-3 / N of a knot n / N is read as the knot itself (this
+      absorbs the float32 round-off of n / N, so the table's values are exact on the grid);
+    * :meth:`d_log_snr`: the slope N (lambda_{n+1} - lambda_n) of the interval [n/N, (n+1)/N]
+      holding t, with the same snapping, so at a knot it is the slope of the interval that starts
+      there (the last interval's at t = 1). lambda_t has a kink at every knot: its derivative jumps,
+      which limits the order of ODE solvers that step in t (measured in chapter 07);
+    * :meth:`t_from_log_snr`: exact inversion, the interval found by ``searchsorted`` on the knots
+      and the linear interpolation solved in it, so t_from_log_snr(log_snr(n/N)) = n/N exactly.
+
+    >>> s = DDPMTable.from_name("linear", 1000).schedule()
+    >>> t = torch.arange(1001, dtype=torch.float64) / 1000
+    >>> bool((s.t_from_log_snr(s.log_snr(t)) == t).all())
+    True
     """
 
     name = "discrete"
@@ -710,14 +769,23 @@ class DiscreteSchedule(VPSchedule):
         self.table = table
         ab = table.alpha_bar
         knots = torch.log(ab) - torch.log1p(-ab)  # lambda_n for n = 1..N
+        if not float(knots[0]) < LOG_SNR_MAX:
+            raise ValueError(
+                f"the table's lambda_1 = log(alpha_bar_1 / (1 - alpha_bar_1)) must be below LOG_SNR_MAX = "
+                f"{LOG_SNR_MAX} (the value the first interval starts from), got {float(knots[0]):.4g} "
+                f"(beta_1 = {float(table.betas[0]):.3g} is too small)"
+            )
         self._knots = torch.cat([torch.tensor([LOG_SNR_MAX], dtype=torch.float64), knots])
+
+    def _position(self, t):
+        """pos = t N, with float32 round-off of t = n/N (within 1e-3 of n) snapped onto the knot n."""
+        pos = t * self.table.n_train_steps
+        return torch.where((pos - torch.round(pos)).abs() < 1e-3, torch.round(pos), pos)
 
     def _raw_log_snr(self, t):
         N = self.table.n_train_steps
         knots = self._knots.to(device=t.device, dtype=t.dtype)
-        pos = t * N
-        # snap float32 round-off of t = n/N onto the knot, so the grid values are exact
-        pos = torch.where((pos - torch.round(pos)).abs() < 1e-3, torch.round(pos), pos)
+        pos = self._position(t)
         k = torch.clamp(torch.floor(pos), 0, N - 1).long()
         w = pos - k
         lam = knots[k] + w * (knots[k + 1] - knots[k])
@@ -726,8 +794,30 @@ class DiscreteSchedule(VPSchedule):
     def _d_raw_log_snr(self, t):
         N = self.table.n_train_steps
         knots = self._knots.to(device=t.device, dtype=t.dtype)
-        k = torch.clamp(torch.floor(t * N), 0, N - 1).long()
+        k = torch.clamp(torch.floor(self._position(t)), 0, N - 1).long()  # the same interval as _raw_log_snr
         return (knots[k + 1] - knots[k]) * N
+
+    def t_from_log_snr(self, log_snr: torch.Tensor, iterations: int = 64) -> torch.Tensor:
+        r"""Invert the piecewise-linear lambda_t exactly (``iterations`` is unused: no bisection).
+
+        With the knots lambda_0 = LOG_SNR_MAX > lambda_1 > ... > lambda_N, find n with
+        lambda_{n-1} > y >= lambda_n (``searchsorted``) and solve
+        y = lambda_{n-1} + w (lambda_n - lambda_{n-1}) for w: t = (n - 1 + w) / N, and t = n / N
+        exactly when y is a knot. Where the table's lambda_N < LOG_SNR_MIN, y = LOG_SNR_MIN gives
+        the time where the unclipped lambda_t crosses it (as bisection on the clipped one does).
+        NaN, infinite and out-of-range values raise a ValueError.
+        """
+        log_snr, y = self._check_log_snr(log_snr)
+        N = self.table.n_train_steps
+        knots = self._knots.to(device=y.device, dtype=y.dtype)  # (N + 1,), decreasing
+        flat = y.reshape(-1)
+        n = torch.searchsorted(-knots, -flat.contiguous())  # first n with lambda_n <= y, in 0..N
+        n = n.clamp(0, N)
+        prev = (n - 1).clamp(min=0)
+        w = (flat - knots[prev]) / (knots[n] - knots[prev]).where(n > 0, torch.ones_like(flat))
+        pos = torch.where((n == 0) | (knots[n] == flat), n.to(y.dtype), prev.to(y.dtype) + w)
+        t = (pos / N).reshape(y.shape)
+        return t.to(log_snr.dtype if log_snr.is_floating_point() else torch.float32)
 
     def sample_t(self, batch_size, *, generator=None, device=None):
         """t = n / N with n ~ U{1..N} (Ho et al. 2020, Algorithm 1, line 3)."""
