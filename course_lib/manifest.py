@@ -82,6 +82,7 @@ _CHAPTER_KEYS = (
     "prerequisites",
     "objectives",
 )
+_CHAPTER_OPTIONAL_KEYS = ("first_run_minutes_cpu",)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,9 @@ class Chapter:
 
     ``file`` is relative to the repository root (e.g. ``chapters/02_ddpm.ipynb``);
     ``minutes_cpu`` is the expected run time of the notebook on a laptop CPU (classroom
-    profile); ``prerequisites`` are ids of earlier chapters.
+    profile); ``first_run_minutes_cpu``, where given, is the run time of a first open in a fresh
+    checkout, when the notebook trains the zoo models it needs (at least ``minutes_cpu``);
+    ``prerequisites`` are ids of earlier chapters.
     """
 
     id: str
@@ -120,6 +123,7 @@ class Chapter:
     minutes_cpu: float
     prerequisites: tuple[str, ...]
     objectives: tuple[str, ...]
+    first_run_minutes_cpu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,18 +185,20 @@ def _require_table(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _check_keys(entry: Mapping[str, Any], required: tuple[str, ...], where: str) -> None:
+def _check_keys(entry: Mapping[str, Any], required: tuple[str, ...], where: str,
+                optional: tuple[str, ...] = ()) -> None:
     missing = [k for k in required if k not in entry]
     if missing:
         raise ValueError(
             f"{MANIFEST_NAME}: {where} is missing required key(s) {', '.join(missing)}; "
             f"expected keys: {', '.join(required)}"
         )
-    unknown = sorted(set(entry) - set(required))
+    unknown = sorted(set(entry) - set(required) - set(optional))
     if unknown:
+        expected = ", ".join(required) + (f" (optional: {', '.join(optional)})" if optional else "")
         raise ValueError(
             f"{MANIFEST_NAME}: {where} has unknown key(s) {', '.join(unknown)}; "
-            f"expected keys: {', '.join(required)} (a typo?)"
+            f"expected keys: {expected} (a typo?)"
         )
 
 
@@ -213,7 +219,8 @@ def _string_list(entry: Mapping[str, Any], key: str, where: str) -> tuple[str, .
 
 
 def _parse_chapter(entry: Mapping[str, Any], where: str) -> Chapter:
-    _check_keys(entry, _CHAPTER_KEYS, where)
+    _check_keys(entry, _CHAPTER_KEYS, where, _CHAPTER_OPTIONAL_KEYS)
+    first_run = entry.get("first_run_minutes_cpu")
     minutes = entry["minutes_cpu"]
     if (
         isinstance(minutes, bool)
@@ -224,6 +231,12 @@ def _parse_chapter(entry: Mapping[str, Any], where: str) -> Chapter:
         raise ValueError(
             f"{MANIFEST_NAME}: {where}.minutes_cpu must be a positive number of minutes, "
             f"got {minutes!r}"
+        )
+    if first_run is not None and (isinstance(first_run, bool) or not isinstance(first_run, numbers.Real)
+                                  or not math.isfinite(first_run) or first_run < minutes):
+        raise ValueError(
+            f"{MANIFEST_NAME}: {where}.first_run_minutes_cpu must be a number of minutes at least "
+            f"minutes_cpu = {minutes!r}, got {first_run!r}"
         )
     objectives = _string_list(entry, "objectives", where)
     if not objectives:
@@ -251,6 +264,7 @@ def _parse_chapter(entry: Mapping[str, Any], where: str) -> Chapter:
         minutes_cpu=minutes,
         prerequisites=_string_list(entry, "prerequisites", where),
         objectives=objectives,
+        first_run_minutes_cpu=first_run,
     )
 
 
@@ -428,7 +442,8 @@ def render_course_map(manifest: Manifest) -> str:
         "<!-- Generated from book.toml by `make readme`: edit book.toml, not this block. -->",
         "",
         f"{len(manifest.chapters)} chapters, about {_minutes(total)} minutes of notebook run "
-        "time on a laptop CPU in all (classroom profile).",
+        "time on a laptop CPU in all (classroom profile), once the models they load are cached; "
+        "a first run trains them (see Trained models).",
     ]
     for stage in manifest.stages:
         chapters = [c for c in manifest.chapters if c.stage == stage.id]
@@ -444,7 +459,8 @@ def render_course_map(manifest: Manifest) -> str:
             link = f"[{_cell(c.title)}]({quote(c.file)})"
             objectives = "; ".join(_cell(o).rstrip(".") for o in c.objectives)
             lines.append(
-                f"| {_cell(c.id)} | {link} | {_cell(c.title_zh)} | {_minutes(c.minutes_cpu)} "
+                f"| {_cell(c.id)} | {link} | {_cell(c.title_zh)} | {_minutes(c.minutes_cpu)}"
+                f"{f' (first run {_minutes(c.first_run_minutes_cpu)})' if c.first_run_minutes_cpu else ''} "
                 f"| {objectives} |"
             )
     lines.append("")

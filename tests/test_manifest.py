@@ -308,6 +308,20 @@ def test_minutes_cpu_not_a_positive_number(tmp_path, good, minutes):
         load_manifest(write_manifest(tmp_path, good))
 
 
+def test_first_run_minutes_are_optional_and_shown_in_the_map(tmp_path, good):
+    good["chapters"][0]["first_run_minutes_cpu"] = 7
+    manifest = load_manifest(write_manifest(tmp_path, good))
+    assert manifest.chapters[0].first_run_minutes_cpu == 7 and manifest.chapters[1].first_run_minutes_cpu is None
+    assert "| 2 (first run 7) |" in render_course_map(manifest)
+
+
+@pytest.mark.parametrize("minutes", [1, "7", True, float("inf")])
+def test_first_run_minutes_below_minutes_cpu_or_not_a_number(tmp_path, good, minutes):
+    good["chapters"][0]["first_run_minutes_cpu"] = minutes
+    with pytest.raises(ValueError, match=r"first_run_minutes_cpu must be a number of minutes at least"):
+        load_manifest(write_manifest(tmp_path, good))
+
+
 def test_empty_objectives(tmp_path, good):
     good["chapters"][1]["objectives"] = []
     with pytest.raises(ValueError, match=r"chapters\[1\] \(id '01'\)\.objectives is empty"):
