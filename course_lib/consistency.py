@@ -120,7 +120,7 @@ def noise_level(schedule: Schedule, t) -> torch.Tensor:
         raise ValueError(f"schedule must be a course_lib Schedule, got {type(schedule).__name__}")
     t = check_times(t)
     wide = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
-    alpha_t, sigma_t = schedule._alpha(wide), schedule._sigma(wide)
+    alpha_t, sigma_t = schedule.alpha(wide), schedule.sigma(wide)
     if bool((alpha_t <= 0).any()):
         raise ValueError(
             "the noise level sigma_t / alpha_t needs alpha_t > 0, got alpha_t = 0 at "
@@ -297,7 +297,7 @@ class ConsistencyModel:
         """(alpha_t, c_skip, c_out, c_in) at times t (float64; see :func:`consistency_scalings`)."""
         t = check_times(t)
         sigma_bar = noise_level(self.schedule, t)
-        alpha_t = self.schedule._alpha(t.to(sigma_bar.dtype))
+        alpha_t = self.schedule.alpha(t.to(sigma_bar.dtype))
         c_skip, c_out, c_in = consistency_scalings(sigma_bar, sigma_data=self.sigma_data,
                                                    sigma_bar_min=self.sigma_bar_min)
         return alpha_t, c_skip, c_out, c_in

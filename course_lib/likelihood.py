@@ -567,7 +567,7 @@ def ode_log_likelihood(denoiser, x0: torch.Tensor, *, t_start: float = 1e-3, n_s
             x = x + 0.5 * h * (v1 + v2)
             delta = delta + 0.5 * h * (d1 + d2)
     one = torch.ones((), dtype=torch.float64)
-    prior_var = float(schedule._alpha(one) ** 2 + schedule._sigma(one) ** 2)  # alpha_1^2 + sigma_1^2
+    prior_var = float(schedule.alpha(one) ** 2 + schedule.sigma(one) ** 2)  # alpha_1^2 + sigma_1^2
     flat = x.reshape(B, -1)
     log_prior = -0.5 * D * math.log(2 * math.pi * prior_var) - 0.5 * (flat**2).sum(dim=1) / prior_var
     return log_prior + delta

@@ -256,3 +256,16 @@ def test_fixed_large_adds_more_noise_and_the_same_mean():
 def test_prior_sample_is_unchanged():
     x = prior_sample(VPLinear(), (4, 2), generator=torch.Generator().manual_seed(0))
     assert x.shape == (4, 2)
+
+
+def test_ddim_inversion_names_a_non_finite_model_output():
+    from course_lib.samplers import ddim_invert
+
+    class Broken(torch.nn.Module):
+        def forward(self, x, t):
+            return torch.where(t[:, None] > 0.5, torch.full_like(x, float("nan")), torch.zeros_like(x))
+    den = Denoiser(Broken(), VPLinear(), "eps")
+    with pytest.raises(ValueError, match=r"inversion produced a non-finite x first at step [4-7]"):
+        ddim_invert(den, torch.zeros(3, 2), uniform_grid(8).flip(0))
+    with pytest.raises(ValueError, match="x0 must be finite"):
+        ddim_invert(den, torch.full((3, 2), float("inf")), uniform_grid(8).flip(0))

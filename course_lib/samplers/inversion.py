@@ -75,8 +75,10 @@ def ddim_invert(denoiser, x0: torch.Tensor, times: torch.Tensor,
     """
     check_x(denoiser, x0, "x0")
     times = check_increasing_grid(times)
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 must be finite, got NaN or inf entries")
     points = denoiser.schedule.points(times)  # every coefficient, once
-    x = x0
+    x, finite = x0, []
     for i in range(times.numel() - 1):
         t, s = points[i], points[i + 1]
         if t.sigma == 0.0:
@@ -88,6 +90,12 @@ def ddim_invert(denoiser, x0: torch.Tensor, times: torch.Tensor,
             x0_hat = denoise(denoiser, x, t)  # (B, ...)
             eps_hat = (x - t.alpha * x0_hat) / t.sigma  # (B, ...)
         x = s.alpha * x0_hat + s.sigma * eps_hat  # DDIM eq. 12 with eta = 0, run forward
+        finite.append(torch.isfinite(x).all())  # read once, after the loop
         if callback is not None:
             callback(StepInfo(i, t.t, s.t, x, x0_hat))
+    flags = torch.stack(finite)
+    if not bool(flags.all()):
+        i = int(torch.nonzero(~flags)[0])
+        raise ValueError(f"DDIM inversion produced a non-finite x first at step {i} (t={points[i].t:.6g} -> "
+                         f"s={points[i + 1].t:.6g}): the denoiser returned NaN or inf there")
     return x
