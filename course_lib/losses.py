@@ -12,18 +12,62 @@ Weighted forms put a weight w(t) on the eps-space error ||eps - eps_hat||^2:
 * ``"min_snr"``: w = min(SNR(t), gamma) / SNR(t) (Hang et al. 2023, arXiv:2303.09556, eq. 9);
 * ``"elbo"``: w = -1/2 d lambda/dt, the continuous-time ELBO (Kingma et al. 2021,
   arXiv:2107.00630, eq. 17), summed (not averaged) over dimensions.
+
+The weights use the clipped log-SNR lambda_t in [LOG_SNR_MIN, LOG_SNR_MAX] of
+:meth:`~course_lib.schedules.Schedule.log_snr`, and the eps-space error is computed from the
+network's own error without dividing by a coefficient that vanishes at an end of the path:
+
+* eps: eps_hat - eps;  score: -sigma_t s_hat - eps;
+* v: alpha_t (v_hat - v) / (alpha_t^2 + sigma_t^2)  (from x_t = alpha x0 + sigma eps, v = alpha eps - sigma x0);
+* x0: exp(lambda_t / 2) (x0 - x0_hat)  (= alpha_t / sigma_t inside the clip range, e^10 at clean data);
+* velocity: alpha_t (u_hat - u) / (alpha_t sigma'_t - alpha'_t sigma_t).
+
+So every combination of schedule, prediction and weighting is finite at t = 0 and t = 1, except
+two that have no value and raise a ValueError naming t: the score target -eps / sigma_t at
+sigma_t = 0 ("simple" weighting of a score network), and a velocity network's eps error where the
+path does not move (VP schedules where lambda_t is clipped, e.g. t = 0: the velocity target is 0
+and carries nothing about eps).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .parameterization import Denoiser, target, to_eps
-from .schedules import broadcast_to
+import math
+
+from .parameterization import Denoiser, target
+from .schedules import Schedule, broadcast_to
 
 __all__ = ["WEIGHTINGS", "diffusion_loss"]
 
 WEIGHTINGS = ("simple", "x0", "min_snr", "elbo")
+
+
+def _eps_error(prediction: str, output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
+               schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """eps_hat - eps from a network output, without dividing by a vanishing coefficient (module docstring)."""
+    if prediction == "eps":
+        return output - eps
+    alpha_t, sigma_t = schedule.alpha(t).to(x0.dtype), schedule.sigma(t).to(x0.dtype)
+    a, s = broadcast_to(alpha_t, x0), broadcast_to(sigma_t, x0)
+    if prediction == "score":
+        return -s * output - eps
+    if prediction == "x0":
+        return broadcast_to(torch.exp(0.5 * schedule.log_snr(t)).to(x0.dtype), x0) * (x0 - output)
+    u = target(prediction, x0, eps, schedule, t)
+    if prediction == "v":
+        return a * (output - u) / (a**2 + s**2)
+    da, ds = broadcast_to(schedule.d_alpha(t).to(x0.dtype), x0), broadcast_to(schedule.d_sigma(t).to(x0.dtype), x0)
+    denom = a * ds - da * s  # velocity
+    still = (denom == 0).reshape(denom.shape[0], -1)[:, 0] if denom.dim() else denom == 0
+    if bool(still.any()):
+        times = t.reshape(-1)[still.reshape(-1)][:5].tolist() if t.dim() else float(t)
+        raise ValueError(
+            f"a velocity network's eps error is undefined at t = {times} on {schedule!r}: the path does not "
+            "move there (d alpha_t/dt = d sigma_t/dt = 0 where the log-SNR is clipped), so the velocity target "
+            "is 0 and says nothing about eps; use weighting='simple' (the velocity regression itself)"
+        )
+    return a * (output - u) / denom
 
 
 def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -42,6 +86,9 @@ def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, *, generator: torch.Gen
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if weighting == "min_snr" and (isinstance(gamma, bool) or not isinstance(gamma, (int, float))
+                                   or not (math.isfinite(gamma) and gamma > 0)):
+        raise ValueError(f"min_snr needs a finite gamma > 0 (Hang et al. use 5), got {gamma!r}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
@@ -62,8 +109,7 @@ def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, *, generator: torch.Gen
     if weighting == "simple":
         per_example = ((output - target(denoiser.prediction, x0, eps, schedule, t)) ** 2).mean(dim=dims)
     else:
-        eps_hat = to_eps(denoiser.prediction, output, x_t, schedule, t)
-        err = (eps_hat - eps) ** 2
+        err = _eps_error(denoiser.prediction, output, x0, eps, schedule, t) ** 2
         snr = schedule.snr(t).to(x0.dtype)
         if weighting == "x0":
             per_example = (broadcast_to(1.0 / snr, x0) * err).mean(dim=dims)
@@ -73,4 +119,7 @@ def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, *, generator: torch.Gen
         else:  # elbo
             d_log_snr = schedule.d_log_snr(t)
             per_example = (-0.5 * broadcast_to(d_log_snr.to(x0.dtype), x0) * err).sum(dim=dims)
-    return per_example.mean() if reduction == "mean" else per_example
+    loss = per_example.mean() if reduction == "mean" else per_example
+    # what course_lib.training.train reports if this loss is non-finite (device tensors: no sync here)
+    loss.diagnostics = {"t": t.detach(), "per_example": per_example.detach()}
+    return loss

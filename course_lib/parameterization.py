@@ -59,13 +59,32 @@ def _check_prediction(prediction: str) -> None:
         raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
 
 
+def _refuse_where(singular: torch.Tensor, why: str) -> None:
+    """Raise a ValueError naming the examples where a conversion has no value (no silent NaN/inf)."""
+    if bool(singular.any()):
+        where = "" if singular.dim() == 0 else f" (at example(s) {torch.nonzero(singular.reshape(-1))[:5, 0].tolist()})"
+        raise ValueError(why + where)
+
+
 def x0_from_eps(x_t, eps, alpha_t, sigma_t):
-    r"""x0 = (x_t - sigma_t eps) / alpha_t  (Ho et al. 2020, eq. 15)."""
+    r"""x0 = (x_t - sigma_t eps) / alpha_t  (Ho et al. 2020, eq. 15).
+
+    At alpha_t = 0 (pure noise, e.g. t = 1 on the straight path) x_t = sigma_t eps holds nothing
+    of x0: a ValueError, not a silent NaN/inf.
+    """
+    _refuse_where(torch.as_tensor(alpha_t) == 0, "x0 = (x_t - sigma_t eps) / alpha_t is undefined where alpha_t = 0 "
+                  "(pure noise: x_t = sigma_t eps says nothing about x0)")
     return (x_t - broadcast_to(sigma_t, x_t) * eps) / broadcast_to(alpha_t, x_t)
 
 
 def eps_from_x0(x_t, x0, alpha_t, sigma_t):
-    r"""eps = (x_t - alpha_t x0) / sigma_t."""
+    r"""eps = (x_t - alpha_t x0) / sigma_t.
+
+    At sigma_t = 0 (clean data, t = 0 on VP schedules and the straight path) x_t = alpha_t x0 holds
+    nothing of eps: a ValueError, not a silent NaN/inf.
+    """
+    _refuse_where(torch.as_tensor(sigma_t) == 0, "eps = (x_t - alpha_t x0) / sigma_t is undefined where sigma_t = 0 "
+                  "(clean data: x_t = alpha_t x0 says nothing about eps)")
     return (x_t - broadcast_to(alpha_t, x_t) * x0) / broadcast_to(sigma_t, x_t)
 
 
@@ -89,14 +108,33 @@ def x0_from_velocity(x_t, velocity, alpha_t, sigma_t, d_alpha_t, d_sigma_t):
     r"""Solve x_t = alpha x0 + sigma eps and u = alpha' x0 + sigma' eps for x0:
 
     x0 = (sigma_t u - sigma'_t x_t) / (sigma_t alpha'_t - sigma'_t alpha_t).
+
+    Where sigma_t = 0 the answer is exact without the velocity, x0 = x_t / alpha_t (x_t = alpha_t x0),
+    even when the denominator vanishes there (VP schedules at t = 0, whose clipped log-SNR has
+    zero derivative). Where the denominator is 0 with sigma_t > 0 the velocity carries no
+    information about x0 (e.g. VPCosine within ~3e-5 of t = 1, where lambda_t is clipped): a
+    ValueError.
     """
     a, s = broadcast_to(alpha_t, x_t), broadcast_to(sigma_t, x_t)
     da, ds = broadcast_to(d_alpha_t, x_t), broadcast_to(d_sigma_t, x_t)
-    return (s * velocity - ds * x_t) / (s * da - ds * a)
+    denom = s * da - ds * a
+    exact = s == 0  # x_t = alpha_t x0: x0 = x_t / alpha_t for every parameterisation
+    _refuse_where((denom == 0) & ~exact, "x0 from a velocity is undefined where sigma_t alpha'_t - sigma'_t alpha_t = 0 "
+                  "with sigma_t > 0 (the path does not move: d alpha_t/dt = d sigma_t/dt = 0 where the log-SNR is clipped)")
+    if not bool(exact.any()):
+        return (s * velocity - ds * x_t) / denom
+    one = torch.ones_like(denom)
+    x0 = (s * velocity - ds * x_t) / torch.where(exact, one, denom)  # safe denominators: no NaN in the gradient
+    return torch.where(exact, x_t / torch.where(exact, a, one), x0)
 
 
 def score_from_eps(eps, sigma_t):
-    r"""score = grad_x log q(x_t | x0) = -eps / sigma_t  (Vincent 2011; Song et al. 2021, eq. 6)."""
+    r"""score = grad_x log q(x_t | x0) = -eps / sigma_t  (Vincent 2011; Song et al. 2021, eq. 6).
+
+    At sigma_t = 0 q(x_t | x0) is a point mass and its score is infinite: a ValueError.
+    """
+    _refuse_where(torch.as_tensor(sigma_t) == 0, "the score -eps / sigma_t is infinite where sigma_t = 0 "
+                  "(q(x_t | x0) is a point mass at clean data)")
     return -eps / broadcast_to(sigma_t, eps)
 
 
@@ -109,8 +147,18 @@ def _coefficients(schedule: Schedule, t: torch.Tensor):
     return schedule.alpha(t), schedule.sigma(t), schedule.d_alpha(t), schedule.d_sigma(t)
 
 
+def _at(prediction: str, t: torch.Tensor, err: ValueError) -> ValueError:
+    """The same error, with the parameterisation and the times it happened at."""
+    times = t.reshape(-1)[:5].tolist() if t.dim() else float(t)
+    return ValueError(f"prediction {prediction!r} at t = {times}: {err}")
+
+
 def target(prediction: str, x0: torch.Tensor, eps: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
-    """The regression target for a network of the given parameterisation, shape of x0."""
+    """The regression target for a network of the given parameterisation, shape of x0.
+
+    The score target -eps / sigma_t is infinite at sigma_t = 0 (t = 0 on VP schedules and the
+    straight path): a ValueError naming t, not an infinite loss.
+    """
     _check_prediction(prediction)
     if x0.shape != eps.shape:
         raise ValueError(f"x0 and eps must have the same shape, got {tuple(x0.shape)} and {tuple(eps.shape)}")
@@ -124,37 +172,75 @@ def target(prediction: str, x0: torch.Tensor, eps: torch.Tensor, schedule: Sched
         return v_from_x0_eps(x0, eps, a, s)
     if prediction == "velocity":
         return velocity_from_x0_eps(x0, eps, da, ds)
-    return score_from_eps(eps, s)
+    try:
+        return score_from_eps(eps, s)
+    except ValueError as err:
+        raise _at(prediction, t, err) from None
 
 
 def to_x0(prediction: str, output: torch.Tensor, x_t: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
-    """Convert a network output of the given parameterisation into x0_hat."""
+    """Convert a network output of the given parameterisation into x0_hat.
+
+    At the ends of the path: where sigma_t = 0, x_t = alpha_t x0, and every conversion gives the
+    exact x0_hat = x_t / alpha_t (for "x0" the output itself); where alpha_t = 0 (t = 1 on the
+    straight path) "eps" and "score" outputs say nothing about x0, and a ValueError names the time
+    and the parameterisation (as it does where a velocity says nothing, see :func:`x0_from_velocity`).
+    """
     _check_prediction(prediction)
     if output.shape != x_t.shape:
         raise ValueError(f"network output shape {tuple(output.shape)} must equal x_t's shape {tuple(x_t.shape)}")
     t = check_times(t)
     a, s, da, ds = _coefficients(schedule, t)
-    if prediction == "eps":
-        return x0_from_eps(x_t, output, a, s)
-    if prediction == "x0":
-        return output
-    if prediction == "v":
-        return x0_from_v(x_t, output, a, s)
-    if prediction == "velocity":
-        return x0_from_velocity(x_t, output, a, s, da, ds)
-    return x0_from_eps(x_t, eps_from_score(output, s), a, s)
+    try:
+        if prediction == "eps":
+            return x0_from_eps(x_t, output, a, s)
+        if prediction == "x0":
+            return output
+        if prediction == "v":
+            return x0_from_v(x_t, output, a, s)
+        if prediction == "velocity":
+            return x0_from_velocity(x_t, output, a, s, da, ds)
+        return x0_from_eps(x_t, eps_from_score(output, s), a, s)
+    except ValueError as err:
+        raise _at(prediction, t, err) from None
 
 
 def to_eps(prediction: str, output: torch.Tensor, x_t: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
-    """Convert a network output of the given parameterisation into eps_hat."""
+    """Convert a network output of the given parameterisation into eps_hat.
+
+    At the ends of the path: "score" converts directly, eps_hat = -sigma_t score (finite
+    everywhere); where sigma_t = 0 a "v" output gives eps_hat = v / alpha_t exactly and a
+    "velocity" output eps_hat = (alpha_t u - alpha'_t x_t) / (alpha_t sigma'_t) where sigma'_t != 0;
+    an "x0" output says nothing about eps there, nor a velocity on a path that does not move,
+    and a ValueError names the time and the parameterisation.
+    """
     _check_prediction(prediction)
+    if output.shape != x_t.shape:
+        raise ValueError(f"network output shape {tuple(output.shape)} must equal x_t's shape {tuple(x_t.shape)}")
     if prediction == "eps":
-        if output.shape != x_t.shape:
-            raise ValueError(f"network output shape {tuple(output.shape)} must equal x_t's shape {tuple(x_t.shape)}")
         return output
     t = check_times(t)
+    if prediction == "score":
+        return eps_from_score(output, schedule.sigma(t))
+    alpha_t, sigma_t = schedule.alpha(t), schedule.sigma(t)
+    clean = sigma_t == 0
+    if prediction in ("v", "velocity") and bool(clean.any()):
+        a, s = broadcast_to(alpha_t, x_t), broadcast_to(sigma_t, x_t)
+        if prediction == "v":  # solve x_t = a x0 + s eps, v = a eps - s x0: eps = (s x_t + a v) / (a^2 + s^2)
+            return (s * x_t + a * output) / (a**2 + s**2)
+        da, ds = broadcast_to(schedule.d_alpha(t), x_t), broadcast_to(schedule.d_sigma(t), x_t)
+        denom = a * ds - da * s  # solve x_t = a x0 + s eps, u = a' x0 + s' eps for eps
+        try:
+            _refuse_where(denom == 0, "eps from a velocity is undefined where alpha_t sigma'_t - alpha'_t sigma_t = 0 "
+                          "(the path does not move: d alpha_t/dt = d sigma_t/dt = 0 where the log-SNR is clipped)")
+        except ValueError as err:
+            raise _at(prediction, t, err) from None
+        return (a * output - da * x_t) / denom
     x0_hat = to_x0(prediction, output, x_t, schedule, t)
-    return eps_from_x0(x_t, x0_hat, schedule.alpha(t), schedule.sigma(t))
+    try:
+        return eps_from_x0(x_t, x0_hat, alpha_t, sigma_t)
+    except ValueError as err:
+        raise _at(prediction, t, err) from None
 
 
 class Denoiser:

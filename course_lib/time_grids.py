@@ -127,6 +127,10 @@ def karras_grid(schedule: Schedule, n_steps: int, *, sigma_min: float | None = N
     denom = max(n_steps - 1, 1)
     s = (s_max ** (1 / rho) + i / denom * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     lam = (-2 * torch.log(s)).clamp(LOG_SNR_MIN, LOG_SNR_MAX)
+    if sigma_max is None:  # the default ends are the schedule's own values: pinned, not rounded through exp/log
+        lam[0] = lam_lo
+    if sigma_min is None and n_steps > 1:
+        lam[-1] = lam_hi
     t = schedule.t_from_log_snr(lam).to(dtype)
     return check_grid(torch.cat([t, torch.zeros(1, dtype=dtype)]))
 

@@ -194,6 +194,13 @@ def _check_data(data: object) -> tuple[torch.Tensor, ...]:
                 f"data[{i}] must be a tensor with a first (example) dimension, got "
                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
             )
+    for i, x in enumerate(tensors):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = torch.nonzero(~torch.isfinite(x).reshape(x.shape[0], -1).all(dim=1))[:, 0]
+            raise ValueError(
+                f"data[{i}] must be finite, got NaN or inf in {bad.numel()} example(s), the first at "
+                f"index {int(bad[0])}"
+            )
     lengths = [x.shape[0] for x in tensors]
     if len(set(lengths)) != 1:
         raise ValueError(f"the tensors of data must have the same length N, got lengths {lengths}")
@@ -216,6 +223,30 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={str(device)!r} but MPS is not available")
     return device
+
+
+def _non_finite_loss_message(value: float, step: int, diagnostics: dict | None) -> str:
+    """Say what a non-finite loss was, instead of only blaming the learning rate."""
+    lines = [f"the loss became {value} at step {step} (the first non-finite step; the data is finite, "
+             "checked when train started)."]
+    if diagnostics is None:
+        lines.append("loss_fn attached no diagnostics (course_lib.losses.diffusion_loss does): evaluate "
+                     "loss_fn on one batch with reduction='none' to see which examples are non-finite.")
+        lines.append("If every example is non-finite the optimisation diverged: try a smaller lr.")
+        return " ".join(lines)
+    t = diagnostics["t"].detach().float().cpu().reshape(-1)
+    per_example = diagnostics["per_example"].detach().float().cpu().reshape(-1)
+    bad = ~torch.isfinite(per_example)
+    lines.append(f"Its batch had times t in [{float(t.min()):.6g}, {float(t.max()):.6g}]; {int(bad.sum())} of "
+                 f"{bad.numel()} examples had a non-finite loss")
+    if bool(bad.any()) and not bool(bad.all()):
+        lines.append(f"at t = {t[bad][:8].tolist()}, the others were finite: the loss is singular at those "
+                     "times with finite weights (a schedule end, sigma_t = 0 or alpha_t = 0?), not a "
+                     "learning-rate problem.")
+    else:
+        lines.append("(all of them): the network's output overflowed, as when the optimisation diverges: "
+                     "try a smaller lr or grad_clip.")
+    return " ".join(lines)
 
 
 class _EpochSampler:
@@ -344,6 +375,7 @@ def train(
 
     bar = tqdm(total=steps, disable=not progress, desc="training", leave=True)
     pending: list[torch.Tensor] = []  # losses on the device, read back every log_every steps
+    pending_diagnostics: list[dict | None] = []  # what diffusion_loss attached to each (device tensors)
     losses: list[float] = []
     interrupted = False
     rng_devices = [device] if device.type in ("cuda", "mps") else []
@@ -382,13 +414,18 @@ def train(
                 scheduler.step()
                 ema.update(model)
                 pending.append(loss.detach().float())
+                pending_diagnostics.append(getattr(loss, "diagnostics", None))
                 if callback is not None or step % log_every == 0 or step == steps:
-                    losses.extend(torch.stack(pending).tolist())
+                    chunk = torch.stack(pending).tolist()
+                    losses.extend(chunk)
                     pending.clear()
-                    if not math.isfinite(losses[-1]):
+                    bad = [i for i, v in enumerate(chunk) if not math.isfinite(v)]
+                    if bad:
+                        first = step - len(chunk) + 1 + bad[0]
                         raise FloatingPointError(
-                            f"the loss became {losses[-1]} at step {step}; try a smaller lr"
+                            _non_finite_loss_message(chunk[bad[0]], first, pending_diagnostics[bad[0]])
                         )
+                    pending_diagnostics.clear()
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                     bar.update(step - bar.n)
                     report_progress(step, steps, losses[-1])
