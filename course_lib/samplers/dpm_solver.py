@@ -49,9 +49,10 @@ from dataclasses import dataclass
 import torch
 
 from ..schedules import LOG_SNR_MIN, PathPoint
-from .step import as_point, check_step, denoise
+from .step import as_point, check_step, denoise, draw_noise
 
-__all__ = ["half_log_snr", "MultistepState", "dpm_solver_1_step", "dpm_solver_2_step", "dpm_solver_pp_2m_step"]
+__all__ = ["half_log_snr", "MultistepState", "dpm_solver_1_step", "dpm_solver_2_step", "dpm_solver_pp_2m_step",
+           "MultistepHistory", "dpm_solver_pp_3m_step", "sde_dpm_solver_pp_2m_step"]
 
 
 def half_log_snr(schedule, t) -> float:
@@ -233,4 +234,166 @@ def dpm_solver_pp_2m_step(denoiser, x_t: torch.Tensor, t, s, *, state: Multistep
         r = (lam_t - state.lam) / h  # step-size ratio
         D = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * state.x0_hat  # x0_hat extrapolated, linear in lam
     x_s = (sigma_s / sigma_t) * x_t - alpha_s * math.expm1(-h) * D  # exponential integrator, data prediction
+    return x_s, x0_hat, new_state
+
+
+# ------------------------------------------------------------------------------------------
+# Issue 9: DPM-Solver++(3M) and SDE-DPM-Solver++(2M)
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MultistepHistory:
+    """What DPM-Solver++(3M) carries from one step to the next: up to two previous x0_hats (immutable).
+
+    Attributes:
+        t: the start time of the step that produced this history (t_{i-1}).
+        s: the end time of that step, which must be the start of the next one.
+        lam: (lam_{i-1},) or (lam_{i-1}, lam_{i-2}): lam at the starts of the last one or two
+            steps, the most recent first.
+        x0_hat: the denoiser's estimates at those times, (B, ...) each, in the same order.
+    """
+
+    t: float
+    s: float
+    lam: tuple
+    x0_hat: tuple
+
+
+def _check_history(state, cls, t: PathPoint, x_t: torch.Tensor) -> None:
+    """state is None or a ``cls`` that ended where this step starts, with x0_hats of x_t's shape."""
+    if state is None:
+        return
+    if not isinstance(state, cls):
+        raise ValueError(f"state must be None or a {cls.__name__} from the previous step, got {type(state).__name__}")
+    if state.s != t.t:
+        raise ValueError(
+            f"state comes from a step that ended at t={state.s}, but this step starts at t={t.t}; "
+            "pass state=None to start a new run"
+        )
+    for x0_prev in (state.x0_hat if isinstance(state.x0_hat, tuple) else (state.x0_hat,)):
+        if x0_prev.shape != x_t.shape:
+            raise ValueError(f"state's x0_hat has shape {tuple(x0_prev.shape)}, x_t has {tuple(x_t.shape)}")
+
+
+def dpm_solver_pp_3m_step(denoiser, x_t: torch.Tensor, t, s, *, state: MultistepHistory | None = None,
+                          generator=None):
+    r"""Third-order multistep DPM-Solver++ in data prediction, DPM-Solver++(3M).
+
+    Lu et al. 2022b (arXiv:2211.01095, sec. 4: the multistep form of the data-prediction solver,
+    here at order 3), as the authors' code and diffusers' DPMSolverMultistepScheduler
+    (solver_order=3, algorithm_type="dpmsolver++", ``multistep_dpm_solver_third_order_update``)
+    implement it. With m0 = x0_hat(x_t, t) and m1, m2 the estimates at the two previous times:
+
+        h  = lam_s - lam_t,  h_0 = lam_t - lam_{i-1},  h_1 = lam_{i-1} - lam_{i-2}
+        r0 = h_0 / h,        r1 = h_1 / h
+        D1_0 = (m0 - m1) / r0,           D1_1 = (m1 - m2) / r1          (divided differences)
+        D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),   D2 = (D1_0 - D1_1) / (r0 + r1)
+        x_s = (sigma_s / sigma_t) x_t - alpha_s phi_1 m0 + alpha_s phi_2 D1 - alpha_s phi_3 D2,
+        phi_1 = e^{-h} - 1,  phi_2 = phi_1 / h + 1,  phi_3 = (phi_1 + h) / h^2 - 1/2
+
+    (x0_hat expanded to second order in lam and the exponential integral of the module docstring
+    solved exactly; diffusers' (sigma_s0, sigma_t) are the course's (t, s).) One evaluation per step.
+
+    What the course does on the first steps and the last one:
+
+    * step 1 (state=None): first order, DPM-Solver++1 (= DDIM with eta = 0);
+    * step 2 (one x0_hat in the history): second order, the update of :func:`dpm_solver_pp_2m_step`;
+    * a step to sigma_s = 0 (lam_s = +inf, h = inf): first order, x_s = alpha_s x0_hat(x_t, t),
+      for the reason given in :func:`dpm_solver_pp_2m_step`;
+    * every other step: third order.
+
+    diffusers does the same, and on grids of fewer than 15 steps with ``lower_order_final=True``
+    (its default) it also drops to second order on the next-to-last step; a step function does not
+    know how many steps remain, so the course does not (pass ``lower_order_final=False`` to diffusers,
+    or use 15 steps or more, to get the same trajectory).
+    Introduced in chapter 07.
+
+    Args:
+        denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
+        x_t: (B, ...) ; t, s: 0-d times, 0 <= s < t <= 1, with sigma_t > 0.
+        state: None on the first step, else the :class:`MultistepHistory` returned by the previous
+            step (which ended at t); never modified, each call returns a new one.
+        generator: unused (deterministic).
+    Returns:
+        (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), new MultistepHistory).
+    """
+    t, s = check_step(denoiser, x_t, t, s)
+    _check_history(state, MultistepHistory, t, x_t)
+    alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(t, s)
+    if sigma_t == 0.0:
+        raise ValueError(f"a step needs sigma_t > 0 at its start, got sigma_t = 0 at t={t.t}")
+    m0 = denoise(denoiser, x_t, t)  # (B, ...)
+    lams = (lam_t,) if state is None else (lam_t, state.lam[0])
+    x0_hats = (m0,) if state is None else (m0, state.x0_hat[0])
+    new_state = MultistepHistory(t=t.t, s=s.t, lam=lams, x0_hat=x0_hats)
+    if sigma_s == 0.0:
+        return alpha_s * m0, m0, new_state  # lower-order final step: the h -> inf limit
+    phi_1 = math.expm1(-h)
+    if state is None:  # step 1: first order
+        x_s = (sigma_s / sigma_t) * x_t - alpha_s * phi_1 * m0
+    elif len(state.lam) == 1:  # step 2: second order, as DPM-Solver++(2M)
+        r = (lam_t - state.lam[0]) / h
+        D = (1 + 1 / (2 * r)) * m0 - (1 / (2 * r)) * state.x0_hat[0]
+        x_s = (sigma_s / sigma_t) * x_t - alpha_s * phi_1 * D
+    else:  # third order
+        (lam_1, lam_2), (m1, m2) = state.lam, state.x0_hat
+        r0, r1 = (lam_t - lam_1) / h, (lam_1 - lam_2) / h
+        D1_0, D1_1 = (m0 - m1) / r0, (m1 - m2) / r1  # (B, ...) divided differences
+        D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)  # first derivative in lam, times h
+        D2 = (D1_0 - D1_1) / (r0 + r1)  # second derivative in lam, times h^2 / 2
+        phi_2 = phi_1 / h + 1
+        phi_3 = (phi_1 + h) / h**2 - 0.5
+        x_s = (sigma_s / sigma_t) * x_t - alpha_s * phi_1 * m0 + alpha_s * phi_2 * D1 - alpha_s * phi_3 * D2
+    return x_s, m0, new_state
+
+
+def sde_dpm_solver_pp_2m_step(denoiser, x_t: torch.Tensor, t, s, *, state: MultistepState | None = None,
+                              generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
+    r"""Second-order multistep SDE-DPM-Solver++ (midpoint form), SDE-DPM-Solver++(2M).
+
+    The reverse SDE of Song et al. 2021 (eq. 6) in data prediction, its linear part and the noise
+    integrated exactly in lam (Lu et al. 2022b, arXiv:2211.01095; the form of diffusers'
+    DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_type="midpoint") and
+    k-diffusion's ``sample_dpmpp_2m_sde``):
+
+        h   = lam_s - lam_t,   r = (lam_t - lam_prev) / h
+        D   = (1 + 1/(2r)) x0_hat(x_t, t) - 1/(2r) x0_hat_prev          (first step: D = x0_hat(x_t, t))
+        x_s = (sigma_s / sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) D + sigma_s sqrt(1 - e^{-2h}) z
+
+    The first step (state=None) is first order, and that update is exactly the DDPM posterior
+    step (mean (sigma_s / sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) x0_hat, variance
+    sigma_s^2 (1 - e^{-2h}) = the posterior variance): DDIM with eta = 1.
+    A step to sigma_s = 0 (lam_s = +inf) is first order, whose limit is x_s = alpha_s x0_hat(x_t, t)
+    with no noise, as in diffusers.
+
+    One evaluation and one normal z per step, drawn on every step (also on the final step, where
+    it is unused, as diffusers draws it), so ``sample(..., noise=[...])`` takes K tensors of x's
+    shape. The state is a :class:`MultistepState`, as for :func:`dpm_solver_pp_2m_step`.
+    Introduced in chapter 07.
+
+    Args:
+        denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
+        x_t: (B, ...) ; t, s: 0-d times, 0 <= s < t <= 1, with sigma_t > 0.
+        state: None on the first step, else the state returned by the previous step.
+        generator: the source of z when ``noise`` is not given.
+        noise: optional z, standard normal of x_t's shape.
+    Returns:
+        (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), new MultistepState).
+    """
+    t, s = check_step(denoiser, x_t, t, s)
+    _check_history(state, MultistepState, t, x_t)
+    alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(t, s)
+    if sigma_t == 0.0:
+        raise ValueError(f"a step needs sigma_t > 0 at its start, got sigma_t = 0 at t={t.t}")
+    z = draw_noise(x_t, generator, noise)  # (B, ...)
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
+    new_state = MultistepState(t=t.t, s=s.t, lam=lam_t, x0_hat=x0_hat)
+    if sigma_s == 0.0:
+        return alpha_s * x0_hat, x0_hat, new_state  # lower-order final step: the h -> inf limit
+    if state is None:
+        D = x0_hat  # first step: first order
+    else:
+        r = (lam_t - state.lam) / h
+        D = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * state.x0_hat  # midpoint: D0 + D1 / 2
+    one_minus_e2h = -math.expm1(-2 * h)  # 1 - e^{-2h}
+    x_s = (sigma_s / sigma_t) * math.exp(-h) * x_t + alpha_s * one_minus_e2h * D + sigma_s * math.sqrt(one_minus_e2h) * z
     return x_s, x0_hat, new_state

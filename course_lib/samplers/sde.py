@@ -45,7 +45,7 @@ from ..schedules import PathPoint, Schedule, check_times
 from .ode import _check_moving
 from .step import check_step, denoise, draw_noise
 
-__all__ = ["drift_and_diffusion", "euler_maruyama_step"]
+__all__ = ["drift_and_diffusion", "euler_maruyama_step", "reverse_sde_step"]
 
 
 def _drift_and_diffusion_at(t: PathPoint) -> tuple[float, float]:
@@ -126,3 +126,54 @@ def euler_maruyama_step(denoiser, x_t: torch.Tensor, t, s, *, state=None,
     h = s.t - t.t  # negative
     drift = f * x_t - g2 * score  # reverse-SDE drift, eq. 6
     return x_t + h * drift + math.sqrt(g2 * -h) * z, x0_hat, state
+
+
+def reverse_sde_step(denoiser, x_t: torch.Tensor, t, s, *, eta: float = 1.0, state=None,
+                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
+    r"""One Euler-Maruyama step of the eta-family of reverse SDEs (Karras et al. 2022, arXiv:2206.00364, eq. 6):
+
+        dx = [f(t) x - (1 + eta^2)/2 g(t)^2 score(x, t)] dt + eta g(t) dW_bar,      eta >= 0,
+        x_s = x_t + (s - t) [f(t) x_t - (1 + eta^2)/2 g(t)^2 score] + eta sqrt(g(t)^2 (t - s)) z.
+
+    Every member has the marginals q_t of the probability-flow ODE: the extra drift
+    -eta^2/2 g^2 score and the noise eta g dW_bar are a Langevin process that leaves q_t invariant
+    (their Fokker-Planck terms cancel; Karras et al. 2022, eq. 6, derived in their appendix, written there
+    for x = s(t) (x0 + sigma(t) eps) with beta(t) = eta^2 sigma'(t) / sigma(t), here for the course's f, g).
+    eta = 0 is the probability-flow ODE (Song et al. 2021, eq. 13; this step is then
+    :func:`~course_lib.samplers.ode.euler_step` up to round-off); eta = 1 is the reverse SDE of
+    Song et al. 2021, eq. 6 (the step is then :func:`euler_maruyama_step`, bit for bit). Not DDIM's eta
+    (:func:`~course_lib.samplers.ddim.ddim_step`), though both interpolate from a deterministic
+    sampler at 0 to an SDE sampler at 1.
+
+    Weak order 1. One denoiser evaluation and one normal z per step, drawn also at eta = 0 (unused
+    there), so ``sample(..., noise=[...])`` takes K tensors of x's shape for every eta.
+    Introduced in chapter 06.
+
+    Args:
+        denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
+        x_t: (B, ...) the state at time t.
+        t, s: times with 0 <= s < t <= 1, alpha_t > 0 and sigma_t > 0.
+        eta: eta >= 0, the amount of Langevin noise (a finite number).
+        state: passed through.
+        generator: the source of z when ``noise`` is not given.
+        noise: optional z, standard normal of x_t's shape.
+    Returns:
+        (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), state).
+    """
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (0.0 <= eta < math.inf):
+        raise ValueError(f"eta must be a finite number >= 0 (0: the probability-flow ODE, 1: Song's reverse SDE), "
+                         f"got {eta!r}")
+    t, s = check_step(denoiser, x_t, t, s)
+    if t.sigma == 0.0:
+        raise ValueError(f"the score -eps_hat / sigma_t needs sigma_t > 0, got sigma_t = 0 at t={t.t}")
+    _check_moving(t)
+    f, g2 = _drift_and_diffusion_at(t)
+    if not (math.isfinite(f) and math.isfinite(g2) and g2 >= 0.0):
+        raise ValueError(f"the SDE needs finite f and g^2 >= 0 at t={t.t}, got f={f}, g^2={g2}")
+    z = draw_noise(x_t, generator, noise)
+    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
+    eps_hat = (x_t - t.alpha * x0_hat) / t.sigma  # (B, ...)
+    score = -eps_hat / t.sigma  # (B, ...)
+    h = s.t - t.t  # negative
+    drift = f * x_t - ((1.0 + eta**2) / 2) * g2 * score  # Karras et al. 2022, eq. 6
+    return x_t + h * drift + eta * math.sqrt(g2 * -h) * z, x0_hat, state
