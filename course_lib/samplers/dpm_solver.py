@@ -275,7 +275,7 @@ def _check_history(state, cls, t: PathPoint, x_t: torch.Tensor) -> None:
 
 
 def dpm_solver_pp_3m_step(denoiser, x_t: torch.Tensor, t, s, *, state: MultistepHistory | None = None,
-                          generator=None):
+                          as_diffusers: bool = False, generator=None):
     r"""Third-order multistep DPM-Solver++ in data prediction, DPM-Solver++(3M).
 
     Lu et al. 2022b (arXiv:2211.01095, sec. 4: the multistep form of the data-prediction solver,
@@ -287,11 +287,21 @@ def dpm_solver_pp_3m_step(denoiser, x_t: torch.Tensor, t, s, *, state: Multistep
         r0 = h_0 / h,        r1 = h_1 / h
         D1_0 = (m0 - m1) / r0,           D1_1 = (m1 - m2) / r1          (divided differences)
         D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),   D2 = (D1_0 - D1_1) / (r0 + r1)
-        x_s = (sigma_s / sigma_t) x_t - alpha_s phi_1 m0 + alpha_s phi_2 D1 - alpha_s phi_3 D2,
+        x_s = (sigma_s / sigma_t) x_t - alpha_s phi_1 m0 + alpha_s phi_2 D1 - 2 alpha_s phi_3 D2,
         phi_1 = e^{-h} - 1,  phi_2 = phi_1 / h + 1,  phi_3 = (phi_1 + h) / h^2 - 1/2
 
-    (x0_hat expanded to second order in lam and the exponential integral of the module docstring
-    solved exactly; diffusers' (sigma_s0, sigma_t) are the course's (t, s).) One evaluation per step.
+    (x0_hat expanded to second order in lam, x0_hat(lam) ~ m0 + (lam - lam_t) m' + (lam - lam_t)^2 / 2 m'',
+    and the exponential integral of the module docstring solved exactly; diffusers' (sigma_s0,
+    sigma_t) are the course's (t, s).) One evaluation per step.
+
+    **The factor 2 on the D2 term.** D1 = h m' and D2 = h^2 m'' / 2 (to leading order), and
+    sigma_s int e^lam (lam - lam_t)^2 / 2 m'' d lam = -2 alpha_s phi_3 D2. diffusers (and the authors'
+    reference code, and k-diffusion's ``sample_dpmpp_3m_sde``) use -alpha_s phi_3 D2, half of it: for
+    x0_hat(lam) = (lam - lam_t)^2 / 2 their step integrates exactly half the quadratic term
+    (tests/test_samplers_new.py), which leaves a local error O(h^3) and makes the method second order.
+    Measured on the exact-Gaussian denoiser (log-SNR grid, float64, N = 16..128): slope 3.9-4.0
+    with the factor 2, 2.25 without (2.07 on the last doubling). ``as_diffusers=True`` uses
+    diffusers' weight, to reproduce its trajectory (tests/test_samplers_new_parity.py).
 
     What the course does on the first steps and the last one:
 
@@ -312,11 +322,15 @@ def dpm_solver_pp_3m_step(denoiser, x_t: torch.Tensor, t, s, *, state: Multistep
         x_t: (B, ...) ; t, s: 0-d times, 0 <= s < t <= 1, with sigma_t > 0.
         state: None on the first step, else the :class:`MultistepHistory` returned by the previous
             step (which ended at t); never modified, each call returns a new one.
+        as_diffusers: False (default) for the third-order update above; True for diffusers'
+            update with the D2 term at half weight (second order).
         generator: unused (deterministic).
     Returns:
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), new MultistepHistory).
     """
     t, s = check_step(denoiser, x_t, t, s)
+    if not isinstance(as_diffusers, bool):
+        raise ValueError(f"as_diffusers must be True or False, got {as_diffusers!r}")
     _check_history(state, MultistepHistory, t, x_t)
     alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(t, s)
     if sigma_t == 0.0:
@@ -342,7 +356,8 @@ def dpm_solver_pp_3m_step(denoiser, x_t: torch.Tensor, t, s, *, state: Multistep
         D2 = (D1_0 - D1_1) / (r0 + r1)  # second derivative in lam, times h^2 / 2
         phi_2 = phi_1 / h + 1
         phi_3 = (phi_1 + h) / h**2 - 0.5
-        x_s = (sigma_s / sigma_t) * x_t - alpha_s * phi_1 * m0 + alpha_s * phi_2 * D1 - alpha_s * phi_3 * D2
+        w_2 = 1.0 if as_diffusers else 2.0  # the quadratic term's weight (see the docstring)
+        x_s = (sigma_s / sigma_t) * x_t - alpha_s * phi_1 * m0 + alpha_s * phi_2 * D1 - w_2 * alpha_s * phi_3 * D2
     return x_s, m0, new_state
 
 
