@@ -165,9 +165,14 @@ CALLS = sys.argv[1]
 def fit(model, config, progress):
     with open(CALLS, "a") as f:
         f.write(f"{os.getpid()}\\n")
-    for step in range(1, 21):
-        time.sleep(0.15)
+    release = CALLS + ".release"  # the test creates it once the second process is seen waiting
+    deadline = time.monotonic() + 90
+    step = 0
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        step = min(step + 1, 19)
+        time.sleep(0.1)
         report_progress(step, 20, 1.0 / step)
+    report_progress(20, 20, 0.05)
     with torch.no_grad():
         model.weight.fill_(7.0)
     return model, {"final_loss": 0.05}
@@ -188,14 +193,24 @@ def test_two_processes_needing_one_missing_model_train_it_once(tmp_path):
     deadline = time.monotonic() + 60
     while not calls.exists() and time.monotonic() < deadline:  # the first one is training
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, str(script), str(calls)], env=env, capture_output=True, text=True,
-                            timeout=120)
+    # the builder holds the lock until the second process is seen waiting for it (no race with
+    # the second's start-up time on a loaded machine)
+    second_err = tmp_path / "second.err"
+    with open(second_err, "w") as err:
+        second = subprocess.Popen([sys.executable, str(script), str(calls)], env=env, stdout=subprocess.PIPE,
+                                  stderr=err, text=True)
+        while "waiting" not in second_err.read_text() and time.monotonic() < deadline + 60:
+            time.sleep(0.05)
+        time.sleep(1.0)  # let it show a progress line of the builder
+        Path(str(calls) + ".release").write_text("go")
+        out_second, _ = second.communicate(timeout=120)
     out_first, err_first = first.communicate(timeout=120)
-    assert first.returncode == 0 and second.returncode == 0, err_first + second.stderr
+    second_stderr = second_err.read_text()
+    assert first.returncode == 0 and second.returncode == 0, err_first + second_stderr
     assert len(calls.read_text().split()) == 1  # trained once
-    assert "trained_now True 7.0" in out_first and "trained_now False 7.0" in second.stdout
-    assert "'slow' is being built by another process; waiting" in second.stderr
-    assert "zoo: slow (pid " in second.stderr  # the builder's progress, shown to the one waiting
+    assert "trained_now True 7.0" in out_first and "trained_now False 7.0" in out_second
+    assert "'slow' is being built by another process; waiting" in second_stderr
+    assert "zoo: slow (pid " in second_stderr  # the builder's progress, shown to the one waiting
     assert not list((tmp_path / "cache").glob("*.lock")) and not list((tmp_path / "cache").glob("*.progress"))
 
 
