@@ -170,7 +170,7 @@ def test_edm_euler_part_is_ddim_at_sigma_zero_and_churn_zero_is_algorithm_1(gen)
     c = sample(den, x, grid, edm_stochastic_step, n_steps=12, S_churn=40.0, S_tmin=100.0, generator=gen)
     assert torch.equal(a, c)  # sigma_bar >= S_tmin = 100 only at t_0, the top of the schedule: no room to churn
     with pytest.raises(ValueError, match="n_steps must be the number of steps"):
-        edm_stochastic_step(den, x, 0.5, 0.4)
+        edm_stochastic_step(den, x, 0.5, 0.4, S_churn=1.0)
 
 
 @pytest.mark.parametrize("schedule", [EDM(), VPLinear()], ids=lambda s: type(s).__name__)
@@ -281,7 +281,7 @@ def test_corrector_is_skipped_at_sigma_zero_and_noise_shape(gen):
     with pytest.raises(ValueError, match=r"\(3, \*x_t.shape\)"):
         predictor_corrector_step(den, x, 0.5, 0.4, predictor=euler_maruyama_step, n_corrector=2, noise=z[0])
     with pytest.raises(ValueError, match="predictor must be a step function"):
-        predictor_corrector_step(den, x, 0.5, 0.4)
+        predictor_corrector_step(den, x, 0.5, 0.4, predictor="euler_maruyama")
 
 
 # --------------------------------------------------------------------------- registration and replay

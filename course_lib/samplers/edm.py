@@ -109,6 +109,8 @@ def _check_churn(S_churn, S_tmin, S_tmax, S_noise, n_steps) -> None:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if not S_tmin <= S_tmax:
         raise ValueError(f"need S_tmin <= S_tmax (the sigma_bar range where churn is applied), got {S_tmin}, {S_tmax}")
+    if n_steps is None and S_churn == 0:
+        return  # gamma = 0 whatever N is
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(
             "n_steps must be the number of steps N of the whole run (a positive integer; gamma = S_churn / N), "
@@ -136,7 +138,8 @@ def edm_stochastic_step(denoiser, x_t: torch.Tensor, t, s, *, n_steps: int | Non
     (a step already at that end gets no churn). With gamma = 0 (S_churn = 0, or sigma_bar_t outside
     [S_tmin, S_tmax]) no time is inverted and the step is exactly :func:`edm_heun_step`.
 
-    N, the number of steps of the run, must be given as ``n_steps`` (a step sees only one step).
+    N, the number of steps of the run, must be given as ``n_steps`` where S_churn > 0 (a step sees
+    only one step).
     S_tmin, S_tmax are compared with sigma_bar_t (Karras' sigma). One denoiser evaluation more than
     Heun where it corrects (2 per step, 1 on a step to sigma_s = 0); one normal z per step, drawn on
     every step (also where gamma = 0), so ``sample(..., noise=[...])`` takes K tensors of x's shape.
@@ -146,7 +149,7 @@ def edm_stochastic_step(denoiser, x_t: torch.Tensor, t, s, *, n_steps: int | Non
         denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
         x_t: (B, ...) the state at time t.
         t, s: times with 0 <= s < t <= 1, alpha_t > 0 and sigma_t > 0.
-        n_steps: N, the number of steps of the whole run (required; None raises).
+        n_steps: N, the number of steps of the whole run (required when S_churn > 0).
         S_churn, S_tmin, S_tmax, S_noise: Algorithm 2's parameters (S_churn = 0: Algorithm 1).
         state: passed through.
         generator: the source of z when ``noise`` is not given.
@@ -158,7 +161,8 @@ def edm_stochastic_step(denoiser, x_t: torch.Tensor, t, s, *, n_steps: int | Non
     _check_churn(S_churn, S_tmin, S_tmax, S_noise, n_steps)
     z = draw_noise(x_t, generator, noise)  # (B, ...) line 5
     sigma_bar_t = _sigma_bar(t)
-    gamma = min(S_churn / n_steps, math.sqrt(2) - 1) if S_tmin <= sigma_bar_t <= S_tmax else 0.0  # line 4
+    churn = S_churn > 0 and S_tmin <= sigma_bar_t <= S_tmax
+    gamma = min(S_churn / n_steps, math.sqrt(2) - 1) if churn else 0.0  # line 4
     if gamma == 0.0:
         x_s, x0_hat = _heun_in_sigma_bar(denoiser, x_t, t, s)  # Algorithm 1 exactly
         return x_s, x0_hat, state

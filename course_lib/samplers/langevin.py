@@ -37,6 +37,7 @@ import math
 
 import torch
 
+from .sde import euler_maruyama_step
 from .step import as_point, check_step, check_x, denoise, draw_noise
 
 __all__ = ["langevin_corrector", "predictor_corrector_step"]
@@ -110,7 +111,7 @@ def langevin_corrector(denoiser, x_t: torch.Tensor, t, *, snr: float = 0.16, n_s
     return _langevin_steps(denoiser, x_t, t, z, float(snr), float(step_scale))
 
 
-def predictor_corrector_step(denoiser, x_t: torch.Tensor, t, s, *, predictor=None, n_corrector: int = 1,
+def predictor_corrector_step(denoiser, x_t: torch.Tensor, t, s, *, predictor=euler_maruyama_step, n_corrector: int = 1,
                              snr: float = 0.16, predictor_draws: int | None = None, state=None,
                              generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                              **predictor_kwargs):
@@ -135,7 +136,8 @@ def predictor_corrector_step(denoiser, x_t: torch.Tensor, t, s, *, predictor=Non
     Args:
         denoiser: D(x_t, t) -> x0_hat with a ``schedule`` attribute.
         x_t: (B, ...) ; t, s: times with 0 <= s < t <= 1.
-        predictor: a step function (:func:`~course_lib.samplers.sde.euler_maruyama_step`, ...); required.
+        predictor: a step function; by default :func:`~course_lib.samplers.sde.euler_maruyama_step`
+            (Song et al.'s predictor for a continuous-time SDE).
         n_corrector: corrector steps per step (>= 0; 0 leaves the predictor alone).
         snr: the Langevin signal-to-noise ratio r > 0.
         predictor_draws: normals the predictor draws per step (None: 1 if it takes noise, else 0).
