@@ -31,7 +31,8 @@ def _den(schedule=None, prediction="eps", **kw):
 
 
 STOCHASTIC = {  # step -> extra keyword arguments that make it draw noise
-    "ddpm": {}, "ddim": {"eta": 0.5}, "euler_maruyama": {}, "consistency": {},
+    "ddpm": {}, "ddim": {"eta": 0.5}, "euler_maruyama": {}, "consistency": {}, "sde_dpm_solver_pp_2m": {},
+    "reverse_sde": {"eta": 0.5},
 }
 
 
@@ -96,7 +97,8 @@ class _NoSync:
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpm_solver_1",
-                                  "dpm_solver_pp_2m"])
+                                  "dpm_solver_pp_2m", "dpm_solver_pp_3m", "sde_dpm_solver_pp_2m", "edm_heun",
+                                  "reverse_sde", "predictor_corrector"])
 def test_no_host_sync_inside_a_step(monkeypatch, name):
     guard = _NoSync(monkeypatch)
     den = _den(VPLinear())
