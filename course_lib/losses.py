@@ -83,6 +83,10 @@ def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, *, generator: torch.Gen
         t: optional explicit times (B,); eps: optional explicit noise (B, ...).
         reduction: "mean" (a scalar) or "none" (per-example losses, (B,)).
         **cond: conditioning passed to the network (e.g. class_labels).
+
+    Returns the loss; it carries ``loss.diagnostics = {"t": (B,), "per_example": (B,)}`` (detached
+    device tensors, no host sync), which :func:`course_lib.training.train` reads to say at which
+    times a loss became non-finite.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
