@@ -25,37 +25,9 @@ from course_lib.samplers import (STEPS, MultistepHistory, ddim_step, dpm_solver_
 from course_lib.schedules import EDM, VE, VPCosine, VPLinear
 from course_lib.time_grids import karras_grid, log_snr_grid, uniform_grid
 
-M, S = 0.7, 0.5
-F64 = torch.float64
+from exact_gaussian import F64, M, S, GaussianDenoiser, exact_flow, fitted_slope
+
 NS = (16, 32, 64, 128)
-
-
-class GaussianDenoiser:
-    """E[x0 | x_t] for x0 ~ N(M, S^2) (as tests/test_samplers_stage2.py)."""
-
-    def __init__(self, schedule):
-        self.schedule = schedule
-
-    def __call__(self, x_t, t):
-        t = torch.as_tensor(t, dtype=F64)
-        a, s = self.schedule._alpha(t), self.schedule._sigma(t)
-        a = a.reshape(-1, *([1] * (x_t.dim() - 1))) if a.dim() else a
-        s = s.reshape(-1, *([1] * (x_t.dim() - 1))) if s.dim() else s
-        return (M + a * S**2 / (a**2 * S**2 + s**2) * (x_t - a * M)).to(x_t.dtype)
-
-
-def exact_flow(schedule, x, t_from, t_to):
-    def scales(t):
-        t = torch.as_tensor(t, dtype=F64)
-        a, s = schedule._alpha(t), schedule._sigma(t)
-        return a, torch.sqrt(a**2 * S**2 + s**2)
-    (a0, std0), (a1, std1) = scales(t_from), scales(t_to)
-    return a1 * M + std1 * (x - a0 * M) / std0
-
-
-def fitted_slope(ns, errs):
-    ln, le = torch.log(torch.tensor(ns, dtype=F64)), torch.log(torch.tensor(errs, dtype=F64))
-    return -float(((ln - ln.mean()) * (le - le.mean())).sum() / ((ln - ln.mean()) ** 2).sum())
 
 
 def lam_grid(schedule, n):

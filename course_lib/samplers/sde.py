@@ -112,20 +112,8 @@ def euler_maruyama_step(denoiser, x_t: torch.Tensor, t, s, *, state=None,
     Returns:
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), state).
     """
-    t, s = check_step(denoiser, x_t, t, s)
-    if t.sigma == 0.0:
-        raise ValueError(f"the score -eps_hat / sigma_t needs sigma_t > 0, got sigma_t = 0 at t={t.t}")
-    _check_moving(t)
-    f, g2 = _drift_and_diffusion_at(t)
-    if not (math.isfinite(f) and math.isfinite(g2) and g2 >= 0.0):
-        raise ValueError(f"the SDE needs finite f and g^2 >= 0 at t={t.t}, got f={f}, g^2={g2}")
-    z = draw_noise(x_t, generator, noise)
-    x0_hat = denoise(denoiser, x_t, t)  # (B, ...)
-    eps_hat = (x_t - t.alpha * x0_hat) / t.sigma  # (B, ...)
-    score = -eps_hat / t.sigma  # (B, ...)
-    h = s.t - t.t  # negative
-    drift = f * x_t - g2 * score  # reverse-SDE drift, eq. 6
-    return x_t + h * drift + math.sqrt(g2 * -h) * z, x0_hat, state
+    # the eta = 1 member of the family below: (1 + eta^2)/2 = 1 and eta = 1 leave every number unchanged
+    return reverse_sde_step(denoiser, x_t, t, s, eta=1.0, state=state, generator=generator, noise=noise)
 
 
 def reverse_sde_step(denoiser, x_t: torch.Tensor, t, s, *, eta: float = 1.0, state=None,
