@@ -274,6 +274,7 @@ class Denoiser:
         if not callable(net):
             raise ValueError(f"net must be callable, got {type(net).__name__}")
         self.net, self.schedule, self.prediction, self.cond = net, schedule, prediction, cond
+        self._point_table: dict = {}  # (PathPoint, dtype) -> coefficients, filled by prepare()
 
     def _batch_times(self, x_t: torch.Tensor, t) -> torch.Tensor:
         t = check_times(t if isinstance(t, torch.Tensor) else torch.tensor(float(t)))
@@ -299,14 +300,35 @@ class Denoiser:
             x0_hat = x0_hat.clamp(float(self.x0_range[0]), float(self.x0_range[1]))
         return x0_hat
 
+    def prepare(self, points, dtype: torch.dtype) -> None:
+        r"""Compute, in one pass, the coefficients :meth:`at_point` uses at ``points`` for data of ``dtype``.
+
+        :func:`~course_lib.samplers.loop.sample` calls it once per grid. The numbers are those the
+        tensor path (:meth:`__call__`) computes, in the same precision: alpha_t and sigma_t rounded
+        to ``dtype``, c_in = 1/sqrt(alpha_t^2 + sigma_t^2), alpha_t^2 + sigma_t^2 (v) and
+        sigma_t alpha'_t - sigma'_t alpha_t (velocity) computed in ``dtype``; so both paths give the
+        same x0_hat bit for bit. Kept in a small table on the denoiser (a memo: the same points
+        always give the same numbers).
+        """
+        todo = [p for p in dict.fromkeys(points) if (p, dtype) not in self._point_table]
+        if not todo:
+            return
+        if len(self._point_table) > 100_000:  # a memo, not a store: start afresh rather than grow without bound
+            self._point_table.clear()
+        wide = torch.tensor([[p.alpha, p.sigma, p.d_alpha, p.d_sigma] for p in todo], dtype=torch.float64)
+        a, s, da, ds = wide.to(dtype).unbind(1)  # each (P,), as schedule.alpha(t) etc. return them in dtype
+        v_den = a**2 + s**2
+        rows = torch.stack([a, s, da, ds, torch.rsqrt(v_den), v_den, s * da - ds * a], dim=1).tolist()
+        for p, row in zip(todo, rows):
+            self._point_table[(p, dtype)] = tuple(row)
+
     def at_point(self, x_t: torch.Tensor, point: PathPoint, **cond) -> torch.Tensor:
         r"""x0_hat = D(x_t, t) at one time for the whole batch, read from a :class:`PathPoint`.
 
-        The samplers' path: the same conversion as :meth:`__call__`, with alpha_t, sigma_t and
-        their derivatives taken from the point (computed once per grid by
-        :meth:`Schedule.points`) as Python numbers, so a step costs the network call and a few
-        elementwise operations, with no schedule evaluation and no host synchronisation.
-        At sigma_t = 0 (clean data) x_t = alpha_t x0, so x0_hat = x_t / alpha_t exactly.
+        The samplers' path: the same conversion as :meth:`__call__`, with the coefficients of the
+        point computed once per grid (:meth:`prepare`) as Python numbers, so a step costs the
+        network call and a few elementwise operations, with no schedule evaluation and no host
+        synchronisation. At sigma_t = 0 (clean data) x_t = alpha_t x0, so x0_hat = x_t / alpha_t.
 
         Args:
             x_t: (B, ...) the state at time ``point.t``.
@@ -314,21 +336,22 @@ class Denoiser:
         Returns:
             (B, ...) x0_hat.
         """
-        a, s, da, ds = point.alpha, point.sigma, point.d_alpha, point.d_sigma
+        key = (point, x_t.dtype)
+        if key not in self._point_table:  # a time off the grid (a solver's midpoint): computed now
+            self.prepare((point,), x_t.dtype)
+        a, s, da, ds, c_in, v_den, det = self._point_table[key]
         if s == 0.0:
             return x_t / a  # the exact limit: x_t = alpha_t x0 at sigma_t = 0
         t = torch.full((x_t.shape[0],), point.t, device=x_t.device,
                        dtype=torch.float64 if x_t.dtype == torch.float64 else torch.float32)
-        x_in = x_t if self.schedule.variance_preserving else x_t * (1.0 / math.sqrt(a * a + s * s))  # c_in x_t
-        output = self.net(x_in, t, **{**self.cond, **cond})
+        output = self.net(x_t if c_in == 1.0 else c_in * x_t, t, **{**self.cond, **cond})  # F(c_in x_t, t)
         if output.shape != x_t.shape:
             raise ValueError(f"network output shape {tuple(output.shape)} must equal x_t's shape {tuple(x_t.shape)}")
         if self.prediction == "x0":
             x0_hat = output
         elif self.prediction == "v":
-            x0_hat = (a * x_t - s * output) / (a * a + s * s)  # x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)
+            x0_hat = (a * x_t - s * output) / v_den  # x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)
         elif self.prediction == "velocity":
-            det = s * da - ds * a
             if det == 0.0:
                 raise ValueError(f"a velocity network gives no x0_hat where sigma_t alpha'_t - sigma'_t alpha_t = 0, "
                                  f"got it at t={point.t}")

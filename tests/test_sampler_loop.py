@@ -194,15 +194,23 @@ def test_steps_called_by_hand_equal_the_loop():
     assert torch.equal(a, b) and torch.equal(b, c)
 
 
-def test_denoiser_at_point_equals_the_tensor_call():
-    for schedule in (VPLinear(), VPCosine(), RectifiedFlow(), DDPMTable.from_name("cosine", 100).schedule()):
+def test_denoiser_at_point_equals_the_tensor_call_bit_for_bit():
+    """The samplers' path (coefficients per grid, prepare()) and the tensor path give the same x0_hat:
+    same numbers as before the per-grid coefficients existed."""
+    from course_lib.schedules import EDM
+
+    for schedule in (VPLinear(), VPCosine(), RectifiedFlow(), EDM(), DDPMTable.from_name("linear", 1000).schedule()):
         for prediction in ("eps", "x0", "v", "velocity", "score"):
-            den = _den(schedule, prediction, x0_range=(-1.0, 1.0))
-            x = torch.randn(4, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
-            den.net.double()
-            for t in (0.9, 0.5, 0.1):
-                ref = den(x, torch.full((4,), t, dtype=F64))
-                torch.testing.assert_close(den.at_point(x, schedule.point(t)), ref, rtol=1e-12, atol=1e-12)
+            for dtype in (torch.float32, F64):
+                den = _den(schedule, prediction, x0_range=(-1.0, 1.0))
+                den.net.to(dtype)
+                x = torch.randn(4, 3, generator=torch.Generator().manual_seed(3), dtype=dtype)
+                times = torch.tensor([0.999, 0.9, 0.5, 0.1, 0.0011], dtype=dtype)
+                points = schedule.points(times)
+                den.prepare(points, dtype)
+                for t, point in zip(times, points):
+                    ref = den(x, t.expand(4))
+                    assert torch.equal(den.at_point(x, point), ref), (schedule, prediction, dtype, float(t))
 
 
 # ------------------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ def ddim_invert(denoiser, x0: torch.Tensor, times: torch.Tensor,
     if not bool(torch.isfinite(x0).all()):
         raise ValueError("x0 must be finite, got NaN or inf entries")
     points = denoiser.schedule.points(times)  # every coefficient, once
+    if getattr(denoiser, "prepare", None) is not None:
+        denoiser.prepare(points, x0.dtype)
     x, finite = x0, []
     for i in range(times.numel() - 1):
         t, s = points[i], points[i + 1]

@@ -114,6 +114,9 @@ def sample(denoiser, x_T: torch.Tensor, times: torch.Tensor, step: Callable, *,
             raise ValueError(f"noise must be a sequence of one tensor per step ({n_steps}), got "
                              f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else len(noise)}")
     points = denoiser.schedule.points(times)
+    prepare = getattr(denoiser, "prepare", None)
+    if prepare is not None:  # the denoiser's own per-grid coefficients, in the data's dtype
+        prepare(points, x_T.dtype)
     x, state, finite = x_T, None, []
     for i in range(n_steps):
         t, s = points[i], points[i + 1]
