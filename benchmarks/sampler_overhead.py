@@ -4,7 +4,8 @@ Usage (one torch thread, the trained digits U-Net of the zoo, trained first if n
 
     python benchmarks/sampler_overhead.py [--steps 50] [--batches 1 16 256] [--write benchmarks/RESULTS.md]
 
-For each batch size it times, interleaved and repeated (the median of the repeats is reported):
+For each batch size it times, repeated (the minimum of the repeats is reported; each course / diffusers
+pair runs back to back in every repeat, in alternating order):
 
 * ``net``: the network call alone, once per time of the grid (the floor of any sampler);
 * batch "0": batch 1 with a network that costs nothing, so the figures are the loops' own cost;
@@ -110,8 +111,12 @@ def run(steps: int, batches: list[int], repeats: dict[int, int], untrained: bool
                 x = x_T
                 with torch.no_grad():
                     for k in scheduler.timesteps:
-                        x = scheduler.step(model_(x, k), k, x, generator=g).prev_sample \
-                            if isinstance(scheduler, DDPMScheduler) else scheduler.step(model_(x, k), k, x).prev_sample
+                        if isinstance(scheduler, DDPMScheduler):
+                            x = scheduler.step(model_(x, k), k, x, generator=g).prev_sample
+                        elif isinstance(scheduler, DDIMScheduler):  # eps_hat from the clipped x0_hat, as the course
+                            x = scheduler.step(model_(x, k), k, x, use_clipped_model_output=True).prev_sample
+                        else:
+                            x = scheduler.step(model_(x, k), k, x).prev_sample
                 return x
             runs[f"course {name}"] = course
             runs[f"diffusers {name}"] = diffusers_loop
@@ -121,12 +126,21 @@ def run(steps: int, batches: list[int], repeats: dict[int, int], untrained: bool
         for fn in runs.values():  # warm-up
             fn()
         times = {key: [] for key in runs}
-        for _ in range(repeats.get(B, 3)):
-            for key, fn in runs.items():  # interleaved, so drifts of the machine hit every entry alike
-                times[key].append(_time(fn) / steps * 1e3)
-        row = {"batch": B, **{key: statistics.median(v) for key, v in times.items()}}
+        for r in range(repeats.get(B, 3)):
+            times["net"].append(_time(runs["net"]) / steps * 1e3)
+            for name in schedulers:  # each pair back to back, alternating which goes first (ABBA)
+                pair = [f"course {name}", f"diffusers {name}"]
+                for key in (pair if r % 2 == 0 else pair[::-1]):
+                    times[key].append(_time(runs[key]) / steps * 1e3)
+        # the minimum over repeats: what a step costs when nothing else on the machine interferes
+        # (interference only ever adds time); the paired ratios' median as a second view
+        row = {"batch": B, **{key: min(v) for key, v in times.items()}}
+        for name in schedulers:
+            c, d = times[f"course {name}"], times[f"diffusers {name}"]
+            row[f"ratio {name}"] = min(c) / min(d)
+            row[f"paired {name}"] = statistics.median(ci / di for ci, di in zip(c, d))
         rows.append(row)
-        print(f"batch {B}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in row.items() if k != "batch"),
+        print(f"batch {B}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "batch"),
               file=sys.stderr, flush=True)
     return "\n".join(checks), rows
 
@@ -140,7 +154,7 @@ def table(rows: list[dict]) -> str:
         cells = [str(r["batch"]) if r["batch"] else "1, no network", f"{r['net']:.3f}"]
         for n in names:
             c, d = r[f"course {n}"], r[f"diffusers {n}"]
-            cells += [f"{c:.3f}", f"{d:.3f}", f"**{c / d:.2f}**"]
+            cells += [f"{c:.3f}", f"{d:.3f}", f"**{r[f'ratio {n}']:.2f}**"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -157,7 +171,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     import diffusers
 
-    checks, rows = run(args.steps, args.batches, {0: 30, 1: 15, 16: 9, 256: 3}, args.untrained)
+    checks, rows = run(args.steps, args.batches, {0: 40, 1: 30, 16: 20, 256: 6}, args.untrained)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     text = "\n".join([
@@ -167,11 +181,17 @@ def main(argv=None) -> int:
         f"`python benchmarks/sampler_overhead.py --write benchmarks/RESULTS.md`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"with {torch.get_num_threads()} thread, diffusers {diffusers.__version__}. The trained `digits_unet` "
-        f"(8x8 digits), {args.steps} steps; milliseconds per step, median of interleaved repeats; "
-        "ratio = course / diffusers (at most 1.0: the course loop costs no more than diffusers'). The first row "
+        f"(8x8 digits), {args.steps} steps; milliseconds per step, the minimum over repeats (interference from "
+        "the rest of the machine only adds time); the two of each pair ran back to back in every repeat, in "
+        "alternating order. ratio = course / diffusers (at most 1.0: the course loop costs no more than "
+        "diffusers'); below the table, the median of the per-repeat ratios as a second view. The first row "
         "replaces the network by x -> 0.1 x, so it measures the loops alone.",
         "",
         table(rows),
+        "",
+        "Median of the per-repeat ratios (batch: DDIM, DDPM, DPM-Solver++(2M)): " + "; ".join(
+            f"{r['batch'] or '1, no network'}: " + ", ".join(f"{r[f'paired {n}']:.2f}" for n in
+                                                             ("DDIM", "DDPM", "DPM-Solver++(2M)")) for r in rows) + ".",
         "",
         "Same samples: " + "; ".join(checks.splitlines()) + ".",
         END,
