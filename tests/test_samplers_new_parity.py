@@ -18,20 +18,9 @@ from diffusers import DPMSolverMultistepScheduler  # noqa: E402
 
 from course_lib.adapters.diffusers import denoiser_from_scheduler, sampling_grid  # noqa: E402
 from course_lib.samplers import dpm_solver_pp_3m_step, sample, sde_dpm_solver_pp_2m_step  # noqa: E402
+from test_diffusers_parity import make_model  # noqa: E402  (the same stand-in for a U-Net)
 
 N = 1000
-
-
-def make_model(dtype=torch.float32):
-    """A deterministic stand-in for a U-Net (as in tests/test_diffusers_parity.py)."""
-    W = torch.tensor([[0.9, 0.1, 0.0, -0.2], [0.05, 0.8, 0.1, 0.0],
-                      [0.0, -0.1, 0.95, 0.1], [0.1, 0.0, 0.0, 0.85]], dtype=dtype)
-
-    def model(x, k):
-        kk = k.to(dtype)[:, None] / N  # (B, 1)
-        return x @ W.T * (1 - 0.3 * kk) + 0.2 * torch.sin(3 * kk)
-
-    return model
 
 
 def x_batch():
