@@ -138,6 +138,18 @@ def _nbstripout() -> str | None:
     return str(local) if local.is_file() else shutil.which("nbstripout")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS)
+def test_no_control_characters_in_sources(path):
+    """A control character in a source is almost always a lost backslash ("\\v" of \\varepsilon in a
+    Python string written without r"...")."""
+    import re
+
+    nb = nbformat.read(REPO / path, as_version=4)
+    bad = [(i, repr(c.source[max(0, m.start() - 20):m.end() + 10]))
+           for i, c in enumerate(nb.cells) for m in re.finditer(r"[\x00-\x08\x0b-\x1f\x7f]", c.source)]
+    assert not bad, f"{path}: control characters in cells {bad}"
+
+
 def test_nbstripout_verify_passes():
     tool = _nbstripout()
     if tool is None:
@@ -379,6 +391,10 @@ def exercise_problems(nb, minimum: int = 3) -> list[str]:
                 problems.append(f"cell {index} ({grade_id}): graded test cell needs locked: true")
                 ok = False
             tests += ok
+    for index, cell in enumerate(nb.cells):  # answers and expected outcomes never reach students
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("*Answer") and not (
+                cell.get("metadata", {}).get("nbgrader", {}).get("solution") is True):
+            problems.append(f"cell {index} gives an answer in plain markdown: make it an nbgrader solution cell")
     if solutions < minimum:
         problems.append(
             f"{solutions} exercise solution cell(s) (code, nbgrader solution: true, with "
