@@ -211,16 +211,7 @@ def dpm_solver_pp_2m_step(denoiser, x_t: torch.Tensor, t, s, *, state: Multistep
         (x_s (B, ...), x0_hat = D(x_t, t) (B, ...), new MultistepState).
     """
     t, s = check_step(denoiser, x_t, t, s)
-    if state is not None:
-        if not isinstance(state, MultistepState):
-            raise ValueError(f"state must be None or a MultistepState from the previous step, got {type(state).__name__}")
-        if state.s != t.t:
-            raise ValueError(
-                f"state comes from a step that ended at t={state.s}, but this step starts at t={t.t}; "
-                "pass state=None to start a new run"
-            )
-        if state.x0_hat.shape != x_t.shape:
-            raise ValueError(f"state.x0_hat has shape {tuple(state.x0_hat.shape)}, x_t has {tuple(x_t.shape)}")
+    _check_history(state, MultistepState, t, x_t)
     alpha_t, sigma_t, alpha_s, sigma_s, lam_t, lam_s, h = _first_order_coefficients(t, s)
     if sigma_t == 0.0:
         raise ValueError(f"a step needs sigma_t > 0 at its start, got sigma_t = 0 at t={t.t}")
@@ -271,7 +262,7 @@ def _check_history(state, cls, t: PathPoint, x_t: torch.Tensor) -> None:
         )
     for x0_prev in (state.x0_hat if isinstance(state.x0_hat, tuple) else (state.x0_hat,)):
         if x0_prev.shape != x_t.shape:
-            raise ValueError(f"state's x0_hat has shape {tuple(x0_prev.shape)}, x_t has {tuple(x_t.shape)}")
+            raise ValueError(f"state.x0_hat has shape {tuple(x0_prev.shape)}, x_t has {tuple(x_t.shape)}")
 
 
 def dpm_solver_pp_3m_step(denoiser, x_t: torch.Tensor, t, s, *, state: MultistepHistory | None = None,
