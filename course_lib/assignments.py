@@ -24,15 +24,68 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["strip_regions", "student_version", "grade", "GradeReport", "graded_cells"]
+__all__ = ["strip_regions", "student_version", "grade", "GradeReport", "graded_cells", "withheld"]
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+
+
+@contextlib.contextmanager
+def withheld(namespace: dict, *objects):
+    """Make library functions or classes unavailable while a student's exercise code runs.
+
+    A coding exercise that asks for a function the library already has must not pass by calling it.
+    The graded test runs the student's code inside ``with withheld(globals(), lib_fn): ...``: every
+    reference to each object in ``namespace`` (the notebook's globals) and in the modules of
+    ``course_lib`` is replaced by a stub that raises ``RuntimeError`` naming it, and restored on exit
+    (also after an error). Introduced in chapter 12.
+
+    >>> import course_lib.metrics as metrics
+    >>> ns = {"mmd": metrics.mmd}
+    >>> with withheld(ns, metrics.mmd):
+    ...     ns["mmd"](None, None)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: mmd is withheld in this exercise: write it yourself instead of calling it
+    >>> ns["mmd"] is metrics.mmd
+    True
+    """
+    if not isinstance(namespace, dict):
+        raise ValueError(f"withheld: namespace must be a dict (pass globals()), got {type(namespace).__name__}")
+    if not objects:
+        raise ValueError("withheld: name at least one function or class to withhold")
+    saved: list[tuple[object, str, object]] = []
+    try:
+        for obj in objects:
+            name = getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj)))
+
+            def stub(*args, _name=name, **kwargs):
+                raise RuntimeError(f"{_name} is withheld in this exercise: write it yourself instead of calling it")
+
+            for key, value in list(namespace.items()):
+                if value is obj:
+                    saved.append((namespace, key, value))
+                    namespace[key] = stub
+            for module_name, module in list(sys.modules.items()):
+                if module is None or not (module_name == "course_lib" or module_name.startswith("course_lib.")):
+                    continue
+                for key, value in list(vars(module).items()):
+                    if value is obj:
+                        saved.append((module, key, value))
+                        setattr(module, key, stub)
+        yield
+    finally:
+        for holder, key, value in reversed(saved):
+            if isinstance(holder, dict):
+                holder[key] = value
+            else:
+                setattr(holder, key, value)
 
 
 def _meta(cell) -> dict:

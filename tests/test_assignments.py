@@ -65,3 +65,28 @@ def test_cli_writes_student_notebooks(tmp_path):
     assert _main(["student", str(src), "-o", str(tmp_path / "release")]) == 0
     out = nbformat.read(str(tmp_path / "release" / "ex.ipynb"), as_version=4)
     assert "return x * x" not in out.cells[1].source
+
+
+def test_withheld_hides_the_library_function_everywhere_and_restores_it():
+    import course_lib.conditioning as conditioning
+    import course_lib.conditioning.guidance as guidance
+    from course_lib.assignments import withheld
+
+    original = guidance.cfg_combine
+    namespace = {"cfg_combine": original, "alias": original, "other": 3}
+
+    def student_code():  # what a lazy answer would do: call the library through its module
+        return guidance.cfg_combine(1.0, 2.0, 3.0)
+
+    with pytest.raises(RuntimeError, match="cfg_combine is withheld"):
+        with withheld(namespace, original):
+            assert namespace["other"] == 3
+            for fn in (namespace["cfg_combine"], namespace["alias"], conditioning.cfg_combine):
+                with pytest.raises(RuntimeError, match="withheld"):
+                    fn()
+            student_code()
+    assert guidance.cfg_combine is original and conditioning.cfg_combine is original
+    assert namespace["cfg_combine"] is original and namespace["alias"] is original
+    with pytest.raises(ValueError, match="pass globals"):
+        with withheld([], original):
+            pass
