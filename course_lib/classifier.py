@@ -91,6 +91,13 @@ def _augment(x0: torch.Tensor, generator: torch.Generator, max_shift: int, noise
     return shifted + sigma * torch.randn(shifted.shape, generator=generator)
 
 
+def _seeded(cls: type, seed: int, device) -> nn.Module:
+    """cls() with its initial weights drawn from ``seed`` (the global RNG untouched), on ``device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls().to(device)
+
+
 @torch.no_grad()
 def _accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     return float((model(images).argmax(1) == labels).to(torch.float32).mean())
@@ -131,10 +138,7 @@ def train_digit_classifier(*, steps: int = 800, batch_size: int = 128, lr: float
     if not noise_std >= 0:
         raise ValueError(f"train_digit_classifier: noise_std must be >= 0, got {noise_std!r}")
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DigitClassifier()
-    model = model.to(device)
+    model = _seeded(DigitClassifier, seed, device)
     train_x, train_y = digits("train")
     test_x, test_y = digits("test")
 
@@ -326,10 +330,7 @@ def train_noisy_digit_classifier(schedule, *, steps: int = 1500, batch_size: int
     if not lr > 0:
         raise ValueError(f"train_noisy_digit_classifier: lr must be > 0, got {lr!r}")
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = NoisyDigitClassifier()
-    model = model.to(device)
+    model = _seeded(NoisyDigitClassifier, seed, device)
     train_x, train_y = digits("train")
 
     def batch_loss(net: nn.Module) -> torch.Tensor:
