@@ -37,7 +37,8 @@ $(STAMP): pyproject.toml
 LAB_ZOO ?= 1
 ZOO_CHAPTER_ORDER := digits_unet digit_classifier ddpm_moons ddpm_eight_gaussians digits_unet_ddpm1000 \
 	fm_moons fm_eight_gaussians digits_unet_fm reflow_moons reflow_eight_gaussians reflow_digits distill_digits \
-	cd_digits ct_moons shapes_vae shapes_classifier shapes_latent_unet shapes_pixel_unet
+	cd_digits ct_moons shapes_vae shapes_classifier shapes_latent_unet shapes_pixel_unet \
+	digits_cond_unet digits_noisy_classifier
 
 lab: setup
 	$(BIN)/python -m course_lib.device
@@ -59,12 +60,13 @@ unit: setup
 # The models (and cached reference samples) the notebooks load, trained from scratch into the
 # checkout's cache, in two parallel queues (one torch thread each).
 # A child model (reflow, distillation, latent diffusion) sits in its parent's queue, after it.
-# Measured in a fresh clone (one thread per queue, 2 cores): about 14 min each;
+# Measured in a fresh clone (one thread per queue, 2 cores): about 14 min each before chapter 12 (17-18 min with it);
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
 ZOO_QUEUE_A := digit_classifier ddpm_moons ddpm_eight_gaussians fm_moons fm_eight_gaussians \
 	reflow_moons reflow_eight_gaussians ct_moons shapes_classifier \
-	digits_unet_fm reflow_digits distill_digits shapes_pixel_unet
-ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_vae shapes_latent_unet
+	digits_unet_fm reflow_digits distill_digits digits_cond_unet
+ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_vae shapes_latent_unet shapes_pixel_unet \
+	digits_noisy_classifier
 
 zoo: setup
 	$(TEST_ENV) $(BIN)/python -m course_lib.zoo build $(ZOO_QUEUE_A) & pid=$$!; \
