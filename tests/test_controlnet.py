@@ -1,0 +1,101 @@
+"""ControlNet (course_lib.networks.controlnet): equal to the base at initialisation, the zero
+convolutions' gradients, frozen base, conditioning scale, teaching errors, and the samplers unchanged."""
+
+import pytest
+import torch
+
+from course_lib.networks.controlnet import ControlNet
+from course_lib.networks.unet import UNet, count_parameters
+from course_lib.parameterization import Denoiser
+from course_lib.samplers import ddim_step, dpm_solver_pp_2m_step, prior_sample, sample
+from course_lib.schedules import get_schedule
+from course_lib.time_grids import ddpm_grid
+
+
+def base_unet(num_classes=None):
+    torch.manual_seed(0)
+    net = UNet(in_channels=3, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,),
+               num_classes=num_classes)
+    with torch.no_grad():  # the U-Net's last convolution starts at zero: make the output depend on the input
+        net.conv_out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
+    return net
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(4, 3, 16, 16, generator=g), torch.rand(4, generator=g),
+            (torch.rand(4, 1, 16, 16, generator=g) > 0.5).float())
+
+
+def test_at_initialisation_the_controlled_output_equals_the_base_exactly():
+    base = base_unet(num_classes=5)
+    net = ControlNet(base, 1)
+    x, t, c = batch()
+    y = torch.tensor([0, 1, 2, 5])
+    out = base(x, t, y)
+    assert out.abs().max() > 1e-3 and torch.equal(net(x, t, control=c, class_labels=y), out)
+
+
+def test_zero_convolutions_get_a_gradient_and_nothing_upstream_does_at_the_first_step():
+    net = ControlNet(base_unet(), 1)
+    x, t, c = batch()
+    net(x, t, control=c).pow(2).mean().backward()
+    zero_grads = [float(z.weight.grad.abs().max()) for z in net.zero_convs]
+    assert all(g > 0 for g in zero_grads), zero_grads  # dL/dW = dL/dy * input, the input is not zero
+    upstream = [p.grad for name, p in net.named_parameters() if name.startswith(("copy.", "hint.0", "hint.2"))]
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in upstream)  # dL/dinput = W^T dL/dy = 0
+    assert all(p.grad is None for p in net.base.parameters())  # the base is frozen
+
+
+def test_frozen_base_trainable_copy_and_parameter_counts():
+    base = base_unet()
+    net = ControlNet(base, 1)
+    trainable = sum(p.numel() for p in net.trainable_parameters())
+    assert count_parameters(net.base, trainable_only=True) == 0
+    assert trainable == count_parameters(net, trainable_only=True)
+    assert 0 < trainable < count_parameters(base)  # the copy has no decoder
+    assert all(p.requires_grad for p in net.copy.parameters())
+
+
+def test_after_training_steps_the_control_changes_the_output_and_scale_zero_is_the_base():
+    net = ControlNet(base_unet(), 1)
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.5)
+    x, t, c = batch()
+    for _ in range(3):
+        opt.zero_grad()
+        (net(x, t, control=c) - c.expand_as(x)).pow(2).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        base_out = net.base(x, t)
+        assert (net(x, t, control=c) - base_out).abs().max() > 1e-4
+        assert (net(x, t, control=c) - net(x, t, control=1 - c)).abs().max() > 1e-5  # it reads the control
+        assert torch.equal(net(x, t, control=c, conditioning_scale=0.0), base_out)
+
+
+def test_teaching_errors():
+    net = ControlNet(base_unet(), 1)
+    x, t, c = batch()
+    with pytest.raises(ValueError, match="control must have shape"):
+        net(x, t, control=c[:, :, :8, :8])
+    with pytest.raises(ValueError, match="control must have shape"):
+        net(x, t, control=torch.cat([c, c], 1))
+    with pytest.raises(ValueError, match="needs a control image"):
+        net(x, t)
+    with pytest.raises(ValueError, match="conditioning_scale"):
+        net(x, t, control=c, conditioning_scale=-1.0)
+    with pytest.raises(ValueError, match="course UNet"):
+        ControlNet(torch.nn.Linear(2, 2), 1)
+    with pytest.raises(ValueError, match="positive integer"):
+        ControlNet(base_unet(), 0)
+
+
+@pytest.mark.parametrize("step", [ddim_step, dpm_solver_pp_2m_step])
+def test_the_samplers_run_a_controlled_model_unchanged(step):
+    net = ControlNet(base_unet(), 1)
+    schedule = get_schedule("ddpm_linear")
+    _, _, c = batch()
+    x_T = prior_sample(schedule, (4, 3, 16, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        controlled = sample(Denoiser(net, schedule, control=c), x_T, ddpm_grid(1000, 5), step)
+        plain = sample(Denoiser(net.base, schedule), x_T, ddpm_grid(1000, 5), step)
+    assert torch.equal(controlled, plain)  # at initialisation: the base's samples exactly
