@@ -60,7 +60,7 @@ unit: setup
 # The models (and cached reference samples) the notebooks load, trained from scratch into the
 # checkout's cache, in two parallel queues (one torch thread each).
 # A child model (reflow, distillation, latent diffusion) sits in its parent's queue, after it.
-# Measured in a fresh clone (one thread per queue, 2 cores): about 14 min each before chapter 12 (17-18 min with it);
+# Measured in a fresh clone (one thread per queue, 2 cores): 18.3 and 19.7 min with chapter 12 (fresh clone, 2026-12-03);
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
 ZOO_QUEUE_A := digit_classifier ddpm_moons ddpm_eight_gaussians fm_moons fm_eight_gaussians \
 	reflow_moons reflow_eight_gaussians ct_moons shapes_classifier \
