@@ -38,7 +38,9 @@ LAB_ZOO ?= 1
 ZOO_CHAPTER_ORDER := digits_unet digit_classifier ddpm_moons ddpm_eight_gaussians digits_unet_ddpm1000 \
 	fm_moons fm_eight_gaussians digits_unet_fm reflow_moons reflow_eight_gaussians reflow_digits distill_digits \
 	cd_digits ct_moons shapes_vae shapes_classifier shapes_latent_unet shapes_pixel_unet \
-	digits_cond_unet digits_noisy_classifier
+	digits_cond_unet digits_noisy_classifier \
+	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
+	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted
 
 lab: setup
 	$(BIN)/python -m course_lib.device
@@ -62,11 +64,12 @@ unit: setup
 # A child model (reflow, distillation, latent diffusion) sits in its parent's queue, after it.
 # Measured in a fresh clone (one thread per queue, 2 cores): 18.3 and 19.7 min with chapter 12 (fresh clone, 2026-12-03);
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
-ZOO_QUEUE_A := digit_classifier ddpm_moons ddpm_eight_gaussians fm_moons fm_eight_gaussians \
-	reflow_moons reflow_eight_gaussians ct_moons shapes_classifier \
-	digits_unet_fm reflow_digits distill_digits digits_cond_unet
-ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_vae shapes_latent_unet shapes_pixel_unet \
-	digits_noisy_classifier
+ZOO_QUEUE_A := digit_classifier ddpm_moons ddpm_eight_gaussians fm_moons reflow_moons \
+	digits_unet_fm reflow_digits distill_digits digits_cond_unet \
+	digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 digits_full_ft \
+	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted
+ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_classifier shapes_vae shapes_latent_unet \
+	shapes_pixel_unet digits_noisy_classifier fm_eight_gaussians reflow_eight_gaussians ct_moons
 
 zoo: setup
 	$(TEST_ENV) $(BIN)/python -m course_lib.zoo build $(ZOO_QUEUE_A) & pid=$$!; \
