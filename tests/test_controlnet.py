@@ -99,3 +99,22 @@ def test_the_samplers_run_a_controlled_model_unchanged(step):
         controlled = sample(Denoiser(net, schedule, control=c), x_T, ddpm_grid(1000, 5), step)
         plain = sample(Denoiser(net.base, schedule), x_T, ddpm_grid(1000, 5), step)
     assert torch.equal(controlled, plain)  # at initialisation: the base's samples exactly
+
+
+def test_a_latent_base_takes_the_control_at_image_resolution():
+    # Stable Diffusion's layout: x_t is a 4 x 4 latent, the control a 16 x 16 mask; stride-2 convolutions
+    # in the control encoder bring it to the latent grid.
+    base = UNet(in_channels=4, base_channels=16, channel_mults=(1, 2), attention_levels=())
+    with torch.no_grad():
+        for p in base.conv_out.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(0))
+    net = ControlNet(base, 1, control_downsample=4)
+    g = torch.Generator().manual_seed(3)
+    z, t, mask = torch.randn(2, 4, 4, 4, generator=g), torch.rand(2, generator=g), torch.rand(2, 1, 16, 16, generator=g)
+    assert torch.equal(net(z, t, control=mask), base(z, t))
+    with pytest.raises(ValueError, match=r"\(2, 1, 16, 16\).*control_downsample 4"):
+        net(z, t, control=mask[:, :, :4, :4])
+    with pytest.raises(ValueError, match="power of 2"):
+        ControlNet(base, 1, control_downsample=3)
+    strided = [m for m in net.hint if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == 2

@@ -52,20 +52,28 @@ class ControlNet(nn.Module):
         base: the pretrained U-Net (frozen here; kept as ``self.base``).
         control_channels: channels of the control image (1 for a mask or an edge map).
         hint_channels: width of the small convolutional encoder of the control (Zhang et al.'s E).
+        control_downsample: the control's resolution over x_t's (a power of 2). 1 for a pixel-space
+            base; for a latent base the control stays at image resolution and the encoder brings it to
+            the latent grid with stride-2 convolutions, as Stable Diffusion's ControlNet does (512 -> 64).
 
     ``forward(x_t, t, control, class_labels=None, context=None, conditioning_scale=1.0)`` has the base's
     signature plus the control (B, control_channels, H, W), so a ``Denoiser(controlnet, schedule,
     control=c)`` runs in every course sampler unchanged.
     """
 
-    def __init__(self, base: UNet, control_channels: int, *, hint_channels: int = 16) -> None:
+    def __init__(self, base: UNet, control_channels: int, *, hint_channels: int = 16,
+                 control_downsample: int = 1) -> None:
         super().__init__()
         if not isinstance(base, UNet):
             raise ValueError(f"ControlNet controls a course UNet, got {type(base).__name__}")
-        for name, value in (("control_channels", control_channels), ("hint_channels", hint_channels)):
+        for name, value in (("control_channels", control_channels), ("hint_channels", hint_channels),
+                            ("control_downsample", control_downsample)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if control_downsample & (control_downsample - 1):
+            raise ValueError(f"control_downsample must be a power of 2 (1, 2, 4, ...), got {control_downsample}")
         self.control_channels = control_channels
+        self.control_downsample = control_downsample
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -74,9 +82,12 @@ class ControlNet(nn.Module):
         for p in trainable.parameters():
             p.requires_grad_(True)
         self.copy = trainable
+        strided = []
+        for _ in range(int(math.log2(control_downsample))):
+            strided += [nn.Conv2d(hint_channels, hint_channels, 3, stride=2, padding=1), nn.SiLU()]
         self.hint = nn.Sequential(
             nn.Conv2d(control_channels, hint_channels, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(hint_channels, hint_channels, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(hint_channels, hint_channels, 3, padding=1), nn.SiLU(), *strided,
             zero_module(nn.Conv2d(hint_channels, base.base_channels, 3, padding=1)))
         channels = [s[0] for s in base.residual_shapes(8, 8)]  # channel counts do not depend on H, W
         self.zero_convs = nn.ModuleList(zero_module(nn.Conv2d(c, c, 1)) for c in channels)
@@ -88,10 +99,12 @@ class ControlNet(nn.Module):
     def residuals(self, x_t: torch.Tensor, t: torch.Tensor, control: torch.Tensor, class_labels=None,
                   context=None, conditioning_scale: float = 1.0) -> list[torch.Tensor]:
         """The zero-convolved features of the trainable copy, one per skip plus the middle block."""
+        f = self.control_downsample
+        size = (x_t.shape[-2] * f, x_t.shape[-1] * f)
         if not isinstance(control, torch.Tensor) or control.ndim != 4 or control.shape[0] != x_t.shape[0] \
-                or control.shape[1] != self.control_channels or control.shape[-2:] != x_t.shape[-2:]:
+                or control.shape[1] != self.control_channels or tuple(control.shape[-2:]) != size:
             raise ValueError(f"control must have shape ({x_t.shape[0]}, {self.control_channels}, "
-                             f"{x_t.shape[-2]}, {x_t.shape[-1]}) to match x_t, got "
+                             f"{size[0]}, {size[1]}) to match x_t (control_downsample {f}), got "
                              f"{tuple(control.shape) if isinstance(control, torch.Tensor) else type(control).__name__}")
         scale = float(conditioning_scale)
         if not math.isfinite(scale) or scale < 0:
