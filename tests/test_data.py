@@ -322,3 +322,20 @@ def test_load_dispatches_by_name():
     assert set(TOY2D_NAMES) < set(DATASET_NAMES)
     with pytest.raises(ValueError, match=r"unknown data set 'mnist_fashion'.*'digits'"):
         load("mnist_fashion")
+
+
+def test_palette_fraction_is_one_on_real_shapes_and_zero_off_the_palette():
+    from course_lib.data.shapes import palette_fraction
+
+    real = shapes(200, generator=torch.Generator().manual_seed(3)).images
+    assert palette_fraction(real) == 1.0
+    shifted = real.clone()
+    fg = shifted.amax(dim=1, keepdim=True) > -0.5
+    shifted = torch.where(fg, torch.full_like(shifted, 0.2), shifted)  # grey foreground
+    assert palette_fraction(shifted) < 0.05
+    half = torch.cat([real[:100], shifted[100:]])
+    assert 0.3 < palette_fraction(half) < 0.7
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        palette_fraction(real[:, :1])
+    with pytest.raises(ValueError, match="no foreground"):
+        palette_fraction(torch.full((2, 3, 4, 4), -1.0))

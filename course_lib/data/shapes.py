@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["COLOR_NAMES", "COLOR_VALUES", "SHAPE_NAMES", "SIZE_NAMES", "ShapesBatch", "caption", "shapes"]
+__all__ = ["COLOR_NAMES", "COLOR_VALUES", "SHAPE_NAMES", "SIZE_NAMES", "ShapesBatch", "caption", "palette_fraction", "shapes"]
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 COLOR_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -159,3 +159,32 @@ def shapes(n: int, *, size: int = 16, generator: torch.Generator | None = None) 
     captions = [caption(int(a), int(b), int(c)) for a, b, c in zip(labels, color_ids, size_ids)]
     return ShapesBatch(images=images, labels=labels, color_ids=color_ids, size_ids=size_ids,
                        captions=captions, masks=masks, edges=edges)
+
+
+def palette_fraction(images: torch.Tensor, *, tolerance: float = 0.3, foreground: float = 0.5) -> float:
+    """The share of foreground pixels whose colour lies on the ``shapes`` palette.
+
+    A rendered pixel is background + a (colour - background) for a coverage a in [0, 1], so in
+    ``p + 1`` (background at 0) it lies on the segment from 0 to ``COLOR_VALUES[k] + 1`` for one k.
+    A pixel is foreground when max(p + 1) > ``foreground``; it is on the palette when its distance
+    to the nearest such segment is below ``tolerance`` (both in units of the [0, 2] range). Real
+    shapes score 1; an orange (1, 0, -1) or a grey pixel scores 0. Chapters 11 and 13.
+
+    >>> import torch
+    >>> round(palette_fraction(shapes(64, generator=torch.Generator().manual_seed(0)).images), 3)
+    1.0
+    >>> orange = torch.tensor([1.0, 0.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    >>> palette_fraction(orange)
+    0.0
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a tensor (N, 3, H, W) in [-1, 1], got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    p = images.detach().float().clamp(-1, 1).permute(0, 2, 3, 1).reshape(-1, 3) + 1.0
+    p = p[p.max(dim=1).values > foreground]
+    if len(p) == 0:
+        raise ValueError("no foreground pixels: every pixel is background")
+    c = COLOR_VALUES.to(p.device) + 1.0                           # (6, 3) segment end points
+    a = ((p @ c.T) / (c * c).sum(dim=1)).clamp(0.0, 1.0)          # (n, 6) closest coverage on each
+    distance = (p[:, None, :] - a[..., None] * c[None]).norm(dim=-1).min(dim=1).values
+    return float((distance < tolerance).float().mean())

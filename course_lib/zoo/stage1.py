@@ -60,6 +60,10 @@ def _fit_denoiser(model: nn.Module, config: dict, progress: bool, data: torch.Te
     def loss_fn(net, batch, generator):
         if isinstance(batch, (tuple, list)):
             x0, labels = batch
+            if config.get("p_uncond"):  # label dropout for classifier-free guidance (chapter 12)
+                from course_lib.conditioning.guidance import drop_labels
+
+                labels = drop_labels(labels, config["p_uncond"], null_label=net.null_label, generator=generator)
             return diffusion_loss(denoiser, x0, generator=generator, class_labels=labels)
         return diffusion_loss(denoiser, batch, generator=generator)
 

@@ -295,22 +295,34 @@ register(Recipe("ct_moons", "consistency", _ct_moons_config, _build_mlp, _fit_co
 
 # --- chapter 11 recipes (latent diffusion) ---
 # Training lengths follow the profile's digit fields (no new profile fields): the shape classifier
-# takes classifier_steps / 5 steps, the VAE 2/5 of digits_train_steps, the latent U-Net
-# digits_train_steps. The pixel-space U-Net gets the same *wall-clock* budget as VAE + latent
-# U-Net together: SHAPES_PIXEL_STEP_COST (measured, one CPU thread, batch 64: one pixel step costs
-# as much as ~6.5 latent steps or ~5 VAE steps) turns that budget into a fixed number of steps.
+# takes classifier_steps / 5 steps, the VAE 2/5 of digits_train_steps (batch 64), the latent U-Net
+# SHAPES_LATENT_STEPS x digits_train_steps at batch 256. The pixel-space U-Net gets the same
+# *wall-clock* budget as VAE + latent U-Net together: SHAPES_PIXEL_STEP_COST (measured, one CPU
+# thread: one pixel step at batch 256 costs as much as ~10 latent steps at 256 or ~19 VAE steps at
+# 64) turns that budget into a fixed number of steps.
+# Both U-Nets are class-conditional on the shape (label dropout p_uncond, as chapter 12's digits):
+# chapter 11 samples them unconditionally (the null label), Stage 4 with guidance. The levers that
+# took the latent model from FD 45 to the figures chapter 11 asserts were measured by
+# benchmarks/shapes_levers.py (benchmarks/shapes_levers.md): the number of examples seen (batch x
+# steps) matters most; a longer EMA, a wider U-Net and more sampler steps matter little.
 SHAPES_DATA = {"data": "shapes", "size": 16, "n_data": 8000, "data_seed": 1}
-SHAPES_PIXEL_STEP_COST = {"vae": 5.0, "latent": 6.5}  # pixel step time / VAE step time, / latent step time
-_SHAPES_UNET = {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_levels": [1]}
+SHAPES_PIXEL_STEP_COST = {"vae": 18.7, "latent": 10.1}  # pixel step time / VAE step time, / latent step time
+SHAPES_LATENT_STEPS = 2  # x digits_train_steps
+_SHAPES_UNET = {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
+                "num_classes": 4}
 _SHAPES_DIFFUSION = {"schedule": "ddpm_linear", "schedule_params": {"n_train_steps": 1000}, "prediction": "eps",
-                     "batch_size": 64, "lr": 2e-3, "ema_decay": 0.995, "seed": 0}
+                     "batch_size": 256, "lr": 2e-3, "ema_decay": 0.995, "seed": 0, "p_uncond": 0.2}
 
 
-def _shapes_images(config: dict) -> torch.Tensor:
+def _shapes_batch(config: dict):
     from course_lib.data.shapes import shapes
 
     generator = torch.Generator().manual_seed(config["data_seed"])
-    return shapes(config["n_data"], size=config["size"], generator=generator).images
+    return shapes(config["n_data"], size=config["size"], generator=generator)
+
+
+def _shapes_images(config: dict) -> torch.Tensor:
+    return _shapes_batch(config).images
 
 
 def _shapes_classifier_config(profile: Profile) -> dict:
@@ -380,19 +392,20 @@ def _shapes_latent_config(profile: Profile) -> dict:
     return {**SHAPES_DATA, "parent": "shapes_vae", "parent_profile": profile.name,
             "parent_file": cache_path("shapes_vae", profile).name, "latent_seed": 2,
             "net": "UNet", "net_params": {"in_channels": 4, **_SHAPES_UNET}, **_SHAPES_DIFFUSION,
-            "x0_range": None, "steps": profile.digits_train_steps}
+            "x0_range": None, "steps": SHAPES_LATENT_STEPS * profile.digits_train_steps}
 
 
 def _fit_shapes_latent(model, config, progress):
 
     parent = load(config["parent"], profile=get_profile(config["parent_profile"]), progress=progress, device="cpu")
-    latents = _shapes_latents(parent.model, parent.metrics["scale_factor"], _shapes_images(config),
+    data = _shapes_batch(config)
+    latents = _shapes_latents(parent.model, parent.metrics["scale_factor"], data.images,
                               config["latent_seed"])  # (N, 4, 4, 4), unit variance
-    return _fit_denoiser(model, config, progress, latents)
+    return _fit_denoiser(model, config, progress, (latents, data.labels))
 
 
 def _shapes_pixel_config(profile: Profile) -> dict:
-    vae_steps, latent_steps = _shapes_vae_config(profile)["steps"], profile.digits_train_steps
+    vae_steps, latent_steps = _shapes_vae_config(profile)["steps"], _shapes_latent_config(profile)["steps"]
     budget = vae_steps / SHAPES_PIXEL_STEP_COST["vae"] + latent_steps / SHAPES_PIXEL_STEP_COST["latent"]
     return {**SHAPES_DATA, "net": "UNet", "net_params": {"in_channels": 3, **_SHAPES_UNET}, **_SHAPES_DIFFUSION,
             "steps": max(1, round(budget)), "budget": "wall-clock of shapes_vae + shapes_latent_unet",
@@ -400,7 +413,8 @@ def _shapes_pixel_config(profile: Profile) -> dict:
 
 
 def _fit_shapes_pixel(model, config, progress):
-    return _fit_denoiser(model, config, progress, _shapes_images(config))
+    data = _shapes_batch(config)
+    return _fit_denoiser(model, config, progress, (data.images, data.labels))
 
 
 def pretrained_latent_space(name: str = "shapes_vae", **kwargs):
@@ -420,9 +434,9 @@ register(Recipe("shapes_classifier", "classifier", _shapes_classifier_config,
 register(Recipe("shapes_vae", "autoencoder", _shapes_vae_config, _build_vae, _fit_shapes_vae,
                 "KL-regularised VAE, 16x16x3 shapes -> 4x4x4 latents (chapter 11)"))
 register(Recipe("shapes_latent_unet", "denoiser", _shapes_latent_config, _build_unet,
-                _fit_shapes_latent, "eps-prediction U-Net on scaled 4x4x4 latents of "
-                "shapes_vae (latent diffusion, chapter 11)"))
+                _fit_shapes_latent, "shape-conditional eps U-Net (label dropout 0.2) on scaled 4x4x4 latents of "
+                "shapes_vae (latent diffusion, chapter 11; the base of Stage 4)"))
 register(Recipe("shapes_pixel_unet", "denoiser", _shapes_pixel_config, _build_unet,
-                _fit_shapes_pixel, "eps-prediction U-Net on 16x16x3 shapes in pixel space, "
+                _fit_shapes_pixel, "shape-conditional eps U-Net on 16x16x3 shapes in pixel space, "
                 "trained with the wall-clock budget of the VAE + latent U-Net (chapter 11)"))
 # (end of chapter 11 recipes)
