@@ -63,7 +63,7 @@ unit: setup
 # checkout's cache, in two parallel queues (one torch thread each).
 # A child model (reflow, distillation, latent diffusion, LoRA) sits in its parent's queue, after it
 # (shapes_pixel_unet is no child: its step count comes from the latent recipe's config, not its weights).
-# Measured in a fresh clone (one thread per queue, 2 cores): 18.3 and 19.7 min with chapter 12 (fresh clone, 2026-12-03);
+# Measured in a fresh clone (one thread per queue, 2 cores): about 33 min for the zoo with chapters 12, 14 and the shapes base (2026-12-03);
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
 ZOO_QUEUE_A := digit_classifier digits_unet_fm reflow_digits distill_digits digits_cond_unet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
