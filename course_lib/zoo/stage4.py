@@ -151,10 +151,13 @@ def _finetune_config(style: str, rank: int | None, *, rslora: bool = False, prio
     return config
 
 
-def _build_finetuned(config: dict) -> nn.Module:
+def _build_finetuned(config: dict, base_state: dict | None = None) -> nn.Module:
+    """The parent's U-Net (with ``base_state`` loaded, if given), with the recipe's adapters added."""
     from course_lib.networks.lora import add_lora
 
     model = _build_unet(config)
+    if base_state is not None:
+        model.load_state_dict(base_state)
     lora = config["lora"]
     if lora is not None:
         add_lora(model, lora["rank"], lora["targets"], alpha=lora["alpha"], rslora=lora["rslora"],
@@ -171,15 +174,7 @@ def _fit_finetuned(model, config, progress):
 
     x, y = finetune_data(config, progress)
     parent = load(config["parent"], profile=get_profile(config["parent_profile"]), progress=progress, device="cpu")
-    start = _build_unet(config)
-    start.load_state_dict(parent.model.state_dict())
-    if config["lora"] is not None:
-        from course_lib.networks.lora import add_lora
-
-        lora = config["lora"]
-        add_lora(start, lora["rank"], lora["targets"], alpha=lora["alpha"], rslora=lora["rslora"],
-                 generator=torch.Generator().manual_seed(config["seed"]))
-    model.load_state_dict(start.state_dict())
+    model.load_state_dict(_build_finetuned(config, parent.model.state_dict()).state_dict())
     if config["lora"] is not None:  # load_state_dict keeps requires_grad: only the adapters train
         for name, p in model.named_parameters():
             p.requires_grad_(".lora_" in name)
