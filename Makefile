@@ -38,7 +38,7 @@ LAB_ZOO ?= 1
 ZOO_CHAPTER_ORDER := digits_unet digit_classifier ddpm_moons ddpm_eight_gaussians digits_unet_ddpm1000 \
 	fm_moons fm_eight_gaussians digits_unet_fm reflow_moons reflow_eight_gaussians reflow_digits distill_digits \
 	cd_digits ct_moons shapes_vae shapes_classifier shapes_latent_unet shapes_pixel_unet \
-	digits_cond_unet digits_noisy_classifier \
+	digits_cond_unet digits_noisy_classifier shapes_controlnet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
 	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted
 
@@ -68,7 +68,7 @@ unit: setup
 ZOO_QUEUE_A := digit_classifier digits_unet_fm reflow_digits distill_digits digits_cond_unet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
 	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted shapes_pixel_unet
-ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_classifier shapes_vae shapes_latent_unet \
+ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_classifier shapes_vae shapes_latent_unet shapes_controlnet \
 	digits_noisy_classifier ddpm_moons ddpm_eight_gaussians fm_moons reflow_moons fm_eight_gaussians \
 	reflow_eight_gaussians ct_moons
 

@@ -36,6 +36,7 @@ __all__ = [
     "data_floor",
     "frechet_distance",
     "frechet_distance_gaussian",
+    "mask_iou",
     "mmd",
     "precision_recall",
     "sliced_wasserstein",
@@ -446,3 +447,29 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, *, k: i
     precision = (d <= r_real[None, :]).any(dim=1).to(torch.float64).mean()  # fake j in some real ball
     recall = (d <= r_fake[:, None]).any(dim=0).to(torch.float64).mean()  # real i in some fake ball
     return {"precision": float(precision), "recall": float(recall)}
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of binary masks, one value per example: |a and b| / |a or b| (pixel counts).
+
+    ``a`` and ``b`` have the same shape (N, ...), with values in {0, 1} (or bool); two empty masks
+    count as identical (IoU 1). Returns a float tensor (N,). Chapter 13 scores control adherence as
+    the IoU between a control mask and the shape segmented from the sample.
+
+    >>> import torch
+    >>> a = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    >>> b = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 1]])
+    >>> mask_iou(a, b).tolist()
+    [0.5, 0.0]
+    """
+    for name, m in (("a", a), ("b", b)):
+        if not isinstance(m, torch.Tensor) or m.ndim < 2:
+            raise ValueError(f"mask_iou: {name} must be a tensor (N, ...) of masks, got "
+                             f"{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}")
+        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError(f"mask_iou: {name} must hold only 0 and 1 (binary masks); threshold it first")
+    if a.shape != b.shape:
+        raise ValueError(f"mask_iou: a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.detach().bool().flatten(1), b.detach().bool().to(a.device).flatten(1)
+    inter, union = (a & b).sum(1).float(), (a | b).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))

@@ -118,3 +118,69 @@ def test_a_latent_base_takes_the_control_at_image_resolution():
         ControlNet(base, 1, control_downsample=3)
     strided = [m for m in net.hint if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
     assert len(strided) == 2
+
+
+def test_classifier_free_guidance_runs_a_controlnet_and_the_control_serves_both_branches():
+    from course_lib.conditioning.guidance import ClassifierFreeGuidance
+
+    net = ControlNet(base_unet(num_classes=5), 1)
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.5)
+    x, t, c = batch()
+    y = torch.tensor([0, 1, 2, 3])
+    for _ in range(3):  # move the zero convolutions so that the control matters
+        opt.zero_grad()
+        (net(x, t, control=c, class_labels=y) - c.expand_as(x)).pow(2).mean().backward()
+        opt.step()
+    schedule = get_schedule("ddpm_linear")
+    guided = ClassifierFreeGuidance(Denoiser(net, schedule, control=c), y, 3.0)
+    with torch.no_grad():
+        out = guided(x, 0.5)
+        # by hand: the conditional and the unconditional branch, each with the same control
+        cond = Denoiser(net, schedule, control=c, class_labels=y)(x, 0.5)
+        uncond = Denoiser(net, schedule, control=c, class_labels=torch.full_like(y, 5))(x, 0.5)
+    torch.testing.assert_close(out, uncond + 3.0 * (cond - uncond), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="control must have shape"):
+        net(torch.cat([x, x[:2]]), torch.cat([t, t[:2]]), control=c)  # 6 rows are not copies of 4
+
+
+def test_mask_iou_and_segment():
+    from course_lib.data.shapes import segment, shapes
+    from course_lib.metrics import mask_iou
+
+    real = shapes(32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(segment(real.images), real.masks)
+    assert torch.equal(mask_iou(real.masks, real.masks), torch.ones(32))
+    shifted = torch.roll(real.masks, 3, dims=-1)
+    iou = mask_iou(real.masks, shifted)
+    inter = (real.masks * shifted).flatten(1).sum(1)
+    union = real.masks.flatten(1).sum(1) + shifted.flatten(1).sum(1) - inter
+    torch.testing.assert_close(iou, inter / union)
+    assert float(mask_iou(torch.zeros(1, 4), torch.zeros(1, 4))) == 1.0  # two empty masks agree
+    assert float(mask_iou(torch.zeros(1, 4), torch.ones(1, 4))) == 0.0
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        mask_iou(real.masks * 0.5, real.masks)
+    with pytest.raises(ValueError, match="same shape"):
+        mask_iou(real.masks, real.masks[:, :, :8])
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        segment(real.masks)
+    with pytest.raises(ValueError, match="threshold"):
+        segment(real.images, threshold=2.0)
+
+
+def test_the_zoo_controlnet_starts_at_its_base_and_trains_only_the_copy(tmp_path, monkeypatch):
+    """The recipe on the quick profile with a fresh cache: the trainable copy is a copy of the *trained*
+    encoder, the base is the parent's weights unchanged, and the adherence curve is measured."""
+    from course_lib import zoo
+    from course_lib.profiles import get_profile
+
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    quick = get_profile("quick")
+    entry = zoo.load("shapes_controlnet", profile=quick, device="cpu", progress=False)
+    parent = zoo.load("shapes_latent_unet", profile=quick, device="cpu", progress=False)
+    for (name, p), q in zip(parent.model.named_parameters(), entry.model.base.parameters()):
+        assert torch.equal(p, q), name  # the frozen base never moved
+    curve = entry.metrics["adherence_curve"]
+    assert curve["step"][0] == 0 and curve["step"][-1] == entry.config["steps"]
+    assert all(0.0 <= v <= 1.0 for v in curve["iou"])
+    assert entry.metrics["trainable_parameters"] == sum(p.numel() for p in entry.model.trainable_parameters())
+    assert all(not p.requires_grad for p in entry.model.base.parameters())

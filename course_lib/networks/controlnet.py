@@ -58,7 +58,10 @@ class ControlNet(nn.Module):
 
     ``forward(x_t, t, control, class_labels=None, context=None, conditioning_scale=1.0)`` has the base's
     signature plus the control (B, control_channels, H, W), so a ``Denoiser(controlnet, schedule,
-    control=c)`` runs in every course sampler unchanged.
+    control=c)`` runs in every course sampler unchanged. When x_t holds k stacked copies of the batch
+    (kB rows: classifier-free guidance evaluates its conditional and unconditional branch as one batch
+    of 2B), a control of B rows is used for each copy, as diffusers' pipelines duplicate the control
+    image for the two branches; any other batch mismatch is a ``ValueError``.
     """
 
     def __init__(self, base: UNet, control_channels: int, *, hint_channels: int = 16,
@@ -74,6 +77,7 @@ class ControlNet(nn.Module):
             raise ValueError(f"control_downsample must be a power of 2 (1, 2, 4, ...), got {control_downsample}")
         self.control_channels = control_channels
         self.control_downsample = control_downsample
+        self.num_classes, self.null_label = base.num_classes, base.null_label  # the base's labels (guidance reads them)
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -101,11 +105,14 @@ class ControlNet(nn.Module):
         """The zero-convolved features of the trainable copy, one per skip plus the middle block."""
         f = self.control_downsample
         size = (x_t.shape[-2] * f, x_t.shape[-1] * f)
-        if not isinstance(control, torch.Tensor) or control.ndim != 4 or control.shape[0] != x_t.shape[0] \
+        if not isinstance(control, torch.Tensor) or control.ndim != 4 or control.shape[0] == 0 \
+                or x_t.shape[0] % control.shape[0] != 0 \
                 or control.shape[1] != self.control_channels or tuple(control.shape[-2:]) != size:
             raise ValueError(f"control must have shape ({x_t.shape[0]}, {self.control_channels}, "
                              f"{size[0]}, {size[1]}) to match x_t (control_downsample {f}), got "
                              f"{tuple(control.shape) if isinstance(control, torch.Tensor) else type(control).__name__}")
+        if control.shape[0] != x_t.shape[0]:  # a batch of k copies (classifier-free guidance's 2B): repeat
+            control = control.repeat(x_t.shape[0] // control.shape[0], 1, 1, 1)
         scale = float(conditioning_scale)
         if not math.isfinite(scale) or scale < 0:
             raise ValueError(f"conditioning_scale must be a finite number >= 0, got {conditioning_scale!r}")

@@ -5,6 +5,10 @@ label dropout (one network for p(x | y) and p(x), Ho & Salimans 2022, arXiv:2207
 Algorithm 1), and ``digits_noisy_classifier``, a classifier of noisy digits x_t for classifier
 guidance (Dhariwal & Nichol 2021, arXiv:2105.05233, Sec. 4), on the same schedule.
 
+Chapter 13: ``shapes_controlnet``, a ControlNet (Zhang et al. 2023, arXiv:2302.05543) on the frozen
+shape-conditional latent U-Net of chapter 11, controlled by the shape's mask; its fit measures control
+adherence during training. Chapter 14: LoRA and full fine-tunes of ``digits_cond_unet`` to a new style.
+
 >>> RECIPES["digits_cond_unet"].config(get_profile("classroom"))["p_uncond"]
 0.2
 """
@@ -21,7 +25,8 @@ from course_lib.profiles import Profile, get_profile  # noqa: F401  (get_profile
 from .registry import RECIPES, Recipe, cache_path, load, register  # noqa: F401  (RECIPES: the doctest)
 from .stage1 import _build_unet, _digits_config, _fit_result, _schedule_from_config
 
-__all__ = ["STYLES", "STYLE_INVERSES", "LORA_TARGETS", "FINETUNE_CLASSES", "PRIOR_CLASSES", "finetune_data"]
+__all__ = ["STYLES", "STYLE_INVERSES", "LORA_TARGETS", "FINETUNE_CLASSES", "PRIOR_CLASSES", "finetune_data",
+           "CONTROLNET_EVAL", "CONTROLNET_EVAL_FRACTIONS", "controlnet_eval_set"]
 
 # Label dropout p_uncond: Ho & Salimans found 0.1 and 0.2 about equally good (Sec. 4.1); 0.2 gives the
 # unconditional branch, which every guided sample also uses, more of the training.
@@ -207,3 +212,125 @@ for _name, (_style, _rank, _rs, _prior) in _FINETUNES.items():
     register(Recipe(_name, "denoiser", _finetune_config(_style, _rank, rslora=_rs, prior=_prior), _build_finetuned,
                     _fit_finetuned, f"digits_cond_unet fine-tuned to {_style} digits 0-4 by {_how}"
                     f"{' with prior preservation' if _prior else ''} (chapter 14)"))
+
+
+# --- chapter 13 recipe (ControlNet) ---
+# The frozen base is chapter 11's shape-conditional latent U-Net (4x4x4 latents of 16x16 images); the
+# control is the shape's 16x16 mask, brought to the latent grid by the hint encoder's two stride-2
+# convolutions (control_downsample 4), as Stable Diffusion's ControlNet brings 512 x 512 to 64 x 64.
+# Labels are dropped with the base's p_uncond, so the unconditional branch of classifier-free guidance
+# also sees the control. Control adherence (the IoU between the mask and the shape segmented from a
+# decoded DDIM sample) and the loss on a fixed held-out batch are measured during training, at
+# CONTROLNET_EVAL_FRACTIONS of the run, on the live (not the EMA) weights.
+CONTROLNET_EVAL_FRACTIONS = (0, 1 / 40, 2 / 40, 3 / 40, 4 / 40, 6 / 40, 8 / 40, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1)
+CONTROLNET_EVAL = {"n": 128, "data_seed": 123, "noise_seed": 5, "sampler_steps": 25, "loss_seed": 11}
+
+
+def _controlnet_config(profile: Profile) -> dict:
+    from .stage3 import SHAPES_DATA, _shapes_latent_config
+
+    parent = _shapes_latent_config(profile)
+    return {**SHAPES_DATA, "parent": "shapes_latent_unet", "parent_profile": profile.name,
+            "parent_file": cache_path("shapes_latent_unet", profile).name,
+            **{k: parent[k] for k in ("net", "net_params", "schedule", "schedule_params", "prediction", "p_uncond",
+                                      "latent_seed", "x0_range")},
+            "control": "masks", "control_downsample": 4, "hint_channels": 16,
+            "steps": max(profile.digits_train_steps // 2, 10), "batch_size": 128, "lr": 1e-3, "ema_decay": 0.99,
+            "seed": 0, "eval": dict(CONTROLNET_EVAL), "eval_fractions": list(CONTROLNET_EVAL_FRACTIONS)}
+
+
+def _build_controlnet(config: dict, base_state: dict | None = None) -> nn.Module:
+    """A ControlNet around the parent's U-Net (with ``base_state`` loaded first: the trainable copy is a
+    copy of the *trained* encoder)."""
+    from course_lib.networks.controlnet import ControlNet
+
+    base = _build_unet(config)
+    if base_state is not None:
+        base.load_state_dict(base_state)
+    return ControlNet(base, 1, hint_channels=config["hint_channels"], control_downsample=config["control_downsample"])
+
+
+def controlnet_eval_set(config: dict, vae_entry) -> dict:
+    """The held-out shapes a chapter-13 recipe is measured on during training: masks, labels, their
+    scaled latents (for the fixed-batch loss) and the fixed start noise and times."""
+    from course_lib.data.shapes import shapes
+    from course_lib.samplers import prior_sample
+
+    from .stage3 import _shapes_latents
+
+    ev = config["eval"]
+    held = shapes(ev["n"], size=config["size"], generator=torch.Generator().manual_seed(ev["data_seed"]))
+    schedule = _schedule_from_config(config)
+    latents = _shapes_latents(vae_entry.model, vae_entry.metrics["scale_factor"], held.images, ev["data_seed"])
+    g = torch.Generator().manual_seed(ev["loss_seed"])
+    return {"batch": held, "latents": latents, "loss_t": schedule.sample_t(ev["n"], generator=g),
+            "loss_eps": torch.randn(latents.shape, generator=g),
+            "x_T": prior_sample(schedule, tuple(latents.shape), generator=torch.Generator().manual_seed(ev["noise_seed"]))}
+
+
+def _fit_controlnet(model, config, progress):
+    from course_lib.autoencoder import LatentSpace
+    from course_lib.conditioning.guidance import drop_labels
+    from course_lib.data.shapes import segment
+    from course_lib.losses import diffusion_loss
+    from course_lib.metrics import mask_iou
+    from course_lib.parameterization import Denoiser
+    from course_lib.samplers import ddim_step, sample
+    from course_lib.time_grids import ddpm_grid
+    from course_lib.training import train
+
+    from .stage3 import _shapes_batch, _shapes_latents
+
+    profile = get_profile(config["parent_profile"])
+    parent = load(config["parent"], profile=profile, progress=progress, device="cpu")
+    vae = load(parent.config["parent"], profile=profile, progress=progress, device="cpu")
+    data = _shapes_batch(config)
+    latents = _shapes_latents(vae.model, vae.metrics["scale_factor"], data.images, config["latent_seed"])
+    controls = getattr(data, config["control"])
+    model.load_state_dict(_build_controlnet(config, parent.model.state_dict()).state_dict())
+    schedule = _schedule_from_config(config)
+    denoiser = Denoiser(model, schedule, config["prediction"])
+
+    def loss_fn(net, batch, generator):
+        x0, y, c = batch
+        y = drop_labels(y, config["p_uncond"], null_label=parent.config["net_params"]["num_classes"], generator=generator)
+        return diffusion_loss(denoiser, x0, generator=generator, class_labels=y, control=c)
+
+    ev = controlnet_eval_set(config, vae)
+    space, times = LatentSpace(vae.model, vae.metrics["scale_factor"]), ddpm_grid(config["schedule_params"]["n_train_steps"],
+                                                                                config["eval"]["sampler_steps"])
+    checkpoints = sorted({round(f * config["steps"]) for f in config["eval_fractions"]})
+    curve = {"step": [], "iou": [], "eval_loss": []}
+
+    def measure(step, net):
+        device = next(net.parameters()).device
+        was_training = net.training
+        net.eval()
+        held = ev["batch"]
+        cond = {"class_labels": held.labels.to(device), "control": held.masks.to(device)}
+        with torch.no_grad():
+            d = Denoiser(net, schedule, config["prediction"])
+            loss = diffusion_loss(d, ev["latents"].to(device), t=ev["loss_t"].to(device), eps=ev["loss_eps"].to(device), **cond)
+            z = sample(Denoiser(net, schedule, config["prediction"], **cond), ev["x_T"].to(device), times, ddim_step)
+            iou = mask_iou(segment(space.decode(z.cpu())), held.masks)
+        net.train(was_training)
+        curve["step"].append(step)
+        curve["iou"].append(float(iou.mean()))
+        curve["eval_loss"].append(float(loss))
+
+    def callback(step, loss, net):
+        if step in checkpoints:
+            measure(step, net)
+
+    if 0 in checkpoints:
+        measure(0, model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result = train(model, loss_fn, (latents, data.labels, controls), steps=config["steps"], batch_size=config["batch_size"],
+                   lr=config["lr"], seed=config["seed"], ema_decay=config["ema_decay"], progress=progress, callback=callback)
+    trained, metrics = _fit_result(result)
+    return trained, {**metrics, "trainable_parameters": trainable, "adherence_curve": curve}
+
+
+register(Recipe("shapes_controlnet", "denoiser", _controlnet_config, _build_controlnet, _fit_controlnet,
+                "ControlNet on the frozen shapes_latent_unet: a trainable encoder copy reads the 16x16 shape mask "
+                "through zero convolutions (chapter 13)"))
