@@ -339,3 +339,22 @@ def test_palette_fraction_is_one_on_real_shapes_and_zero_off_the_palette():
         palette_fraction(real[:, :1])
     with pytest.raises(ValueError, match="no foreground"):
         palette_fraction(torch.full((2, 3, 4, 4), -1.0))
+
+
+def test_shape_mask_draws_the_shape_where_asked():
+    import math
+
+    from course_lib.data.shapes import shape_mask
+
+    circle = shape_mask(0, 8.0, 8.0, 4.0)
+    assert abs(float(circle.sum()) - math.pi * 16) < 4  # the disc's area, to a pixel rim
+    moved = shape_mask(0, 5.0, 8.0, 4.0)
+    assert torch.equal(moved, torch.roll(circle, -3, dims=-1))  # x moves it along the width
+    for label in range(4):
+        assert 0 < float(shape_mask(label, 8.0, 8.0, 5.0).sum()) < 256
+    with pytest.raises(ValueError, match="label must be an int"):
+        shape_mask(4, 8.0, 8.0, 4.0)
+    with pytest.raises(ValueError, match="radius must be > 0"):
+        shape_mask(0, 8.0, 8.0, 0.0)
+    with pytest.raises(ValueError, match=r"x must be a number in \[0, 16\]"):
+        shape_mask(0, 20.0, 8.0, 4.0)

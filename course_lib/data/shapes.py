@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["COLOR_NAMES", "COLOR_VALUES", "SHAPE_NAMES", "SIZE_NAMES", "ShapesBatch", "caption", "palette_fraction", "segment", "shapes"]
+__all__ = ["COLOR_NAMES", "COLOR_VALUES", "SHAPE_NAMES", "SIZE_NAMES", "ShapesBatch", "caption", "palette_fraction", "segment", "shape_mask", "shapes"]
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 COLOR_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -113,6 +113,42 @@ def _inside(label: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, r: torch.Te
     return torch.gather(inside, 0, label.expand_as(dx).unsqueeze(0)).squeeze(0)  # (n, P, P)
 
 
+def _coverage(labels: torch.Tensor, centre: torch.Tensor, r: torch.Tensor, size: int) -> torch.Tensor:
+    """The anti-aliased coverage (n, 1, size, size) of shapes ``labels`` (n,) at ``centre`` (n, 2) (x, y)
+    with half-extent ``r`` (n,), in pixels."""
+    # sub-pixel sample positions, pixel k covers [k, k + 1)
+    P = size * _SUPERSAMPLE
+    coords = (torch.arange(P, dtype=torch.float32) + 0.5) / _SUPERSAMPLE  # (P,)
+    dx = coords[None, None, :] - centre[:, 0, None, None]  # (n, 1, P)
+    dy = coords[None, :, None] - centre[:, 1, None, None]  # (n, P, 1)
+    dx, dy = torch.broadcast_tensors(dx, dy)  # (n, P, P)
+    inside = _inside(labels[:, None, None], dx, dy, r[:, None, None])  # (n, P, P)
+    return F.avg_pool2d(inside.to(torch.float32).unsqueeze(1), _SUPERSAMPLE)  # (n, 1, size, size)
+
+
+def shape_mask(label: int, x: float, y: float, radius: float, *, size: int = 16) -> torch.Tensor:
+    """The mask (1, 1, size, size) of one shape drawn where you say: ``SHAPE_NAMES[label]`` centred at
+    pixel coordinates (x, y) (y points down) with half-extent ``radius`` pixels, exactly as
+    :func:`shapes` renders its masks. Chapter 13's explorer draws controls with it.
+
+    >>> import torch
+    >>> m = shape_mask(0, 8.0, 8.0, 4.0)
+    >>> m.shape, int(m.sum()), bool(m[0, 0, 8, 8])
+    (torch.Size([1, 1, 16, 16]), 52, True)
+    """
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(SHAPE_NAMES):
+        raise ValueError(f"shape_mask: label must be an int in 0..{len(SHAPE_NAMES) - 1} ({SHAPE_NAMES}), got {label!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"shape_mask: size must be an int >= 8, got {size!r}")
+    for name, value in (("x", x), ("y", y), ("radius", radius)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= size:
+            raise ValueError(f"shape_mask: {name} must be a number in [0, {size}] (pixels), got {value!r}")
+    if radius <= 0:
+        raise ValueError(f"shape_mask: radius must be > 0 pixels, got {radius!r}")
+    coverage = _coverage(torch.tensor([label]), torch.tensor([[float(x), float(y)]]), torch.tensor([float(radius)]), size)
+    return (coverage >= 0.5).to(torch.float32)
+
+
 def shapes(n: int, *, size: int = 16, generator: torch.Generator | None = None) -> ShapesBatch:
     """Render ``n`` random coloured shapes.
 
@@ -141,14 +177,7 @@ def shapes(n: int, *, size: int = 16, generator: torch.Generator | None = None) 
     # centre uniform in [r, size - r] so that the shape stays inside the image
     centre = r[:, None] + (size - 2 * r[:, None]) * torch.rand(n, 2, generator=generator)  # (n, 2) (x, y)
 
-    # sub-pixel sample positions, pixel k covers [k, k + 1)
-    P = size * _SUPERSAMPLE
-    coords = (torch.arange(P, dtype=torch.float32) + 0.5) / _SUPERSAMPLE  # (P,)
-    dx = coords[None, None, :] - centre[:, 0, None, None]  # (n, 1, P)
-    dy = coords[None, :, None] - centre[:, 1, None, None]  # (n, P, 1)
-    dx, dy = torch.broadcast_tensors(dx, dy)  # (n, P, P)
-    inside = _inside(labels[:, None, None], dx, dy, r[:, None, None])  # (n, P, P)
-    coverage = F.avg_pool2d(inside.to(torch.float32).unsqueeze(1), _SUPERSAMPLE)  # (n, 1, size, size)
+    coverage = _coverage(labels, centre, r, size)  # (n, 1, size, size)
 
     colour = COLOR_VALUES[color_ids][:, :, None, None]  # (n, 3, 1, 1)
     images = BACKGROUND + coverage * (colour - BACKGROUND)  # (n, 3, size, size)
