@@ -62,15 +62,17 @@ unit: setup
 # The models (and cached reference samples) the notebooks load, trained from scratch into the
 # checkout's cache, in two parallel queues (one torch thread each).
 # A child model (reflow, distillation, latent diffusion, LoRA) sits in its parent's queue, after it
-# (shapes_pixel_unet is no child: its step count comes from the latent recipe's config, not its weights).
+# (shapes_pixel_unet is no child: its step count comes from the latent recipe's config, not its weights;
+# distill_digits ends queue B to balance the two, long after queue A has built its parent reflow_digits;
+# if a queue reaches a model the other is building, it waits for that file instead of training it again).
 # Measured in a fresh clone (one thread per queue, 2 cores): about 33 min for the zoo with chapters 12, 14 and the shapes base (2026-12-03);
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
-ZOO_QUEUE_A := digit_classifier digits_unet_fm reflow_digits distill_digits digits_cond_unet \
+ZOO_QUEUE_A := digits_unet_fm reflow_digits digits_cond_unet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
 	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted shapes_pixel_unet
 ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_classifier shapes_vae shapes_latent_unet shapes_controlnet \
 	digits_noisy_classifier ddpm_moons ddpm_eight_gaussians fm_moons reflow_moons fm_eight_gaussians \
-	reflow_eight_gaussians ct_moons
+	reflow_eight_gaussians ct_moons digit_classifier distill_digits
 
 zoo: setup
 	$(TEST_ENV) $(BIN)/python -m course_lib.zoo build $(ZOO_QUEUE_A) & pid=$$!; \
