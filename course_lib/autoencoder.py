@@ -48,6 +48,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from course_lib.validation import check_positive_int as _check_positive_int
+
 __all__ = ["VAE", "VAEOutput", "VAELoss", "reparameterize", "kl_to_standard_normal", "vae_loss",
            "latent_scale_factor", "LatentSpace"]
 
@@ -56,11 +58,6 @@ LOG_VAR_RANGE = (-30.0, 20.0)  # the encoder's log-variance is clamped here (as 
 
 def _shape(value: object) -> object:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_teaching_errors():
         net(x, t, control=c, conditioning_scale=-1.0)
     with pytest.raises(ValueError, match="course UNet"):
         ControlNet(torch.nn.Linear(2, 2), 1)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="control_channels must be a positive int, got 0"):
         ControlNet(base_unet(), 0)
 
 

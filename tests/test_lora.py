@@ -150,7 +150,7 @@ def test_two_adapters_mix_linearly_and_rslora_scales_by_sqrt_rank():
 
 def test_teaching_errors():
     model = small_unet()
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="rank must be a positive int, got 0"):
         add_lora(model, 0, ATTENTION)
     with pytest.raises(ValueError, match="at most min"):
         add_lora(small_unet(), 1000, ATTENTION)

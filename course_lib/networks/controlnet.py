@@ -32,6 +32,8 @@ import math
 import torch
 from torch import nn
 
+from course_lib.validation import check_positive_int
+
 from .unet import UNet
 
 __all__ = ["ControlNet", "zero_module"]
@@ -71,8 +73,7 @@ class ControlNet(nn.Module):
             raise ValueError(f"ControlNet controls a course UNet, got {type(base).__name__}")
         for name, value in (("control_channels", control_channels), ("hint_channels", hint_channels),
                             ("control_downsample", control_downsample)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, value)
         if control_downsample & (control_downsample - 1):
             raise ValueError(f"control_downsample must be a power of 2 (1, 2, 4, ...), got {control_downsample}")
         self.control_channels = control_channels

@@ -34,16 +34,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from course_lib.validation import check_positive_int
+
 __all__ = ["LoRALayer", "add_lora", "lora_parameters", "lora_state_dict", "load_lora_state_dict", "save_lora",
            "load_lora", "merge_lora", "unmerge_lora", "set_adapters", "lora_parameter_count"]
 
 LORA_FORMAT = 1
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def lora_parameter_count(layer: nn.Module, rank: int) -> int:
@@ -93,7 +89,7 @@ class LoRALayer(nn.Module):
             raise ValueError(f"adapter name must be an identifier string, got {name!r}")
         if name in self.config:
             raise ValueError(f"adapter {name!r} already exists in this layer")
-        _positive_int("rank", rank)
+        check_positive_int("rank", rank)
         d_in, d_out = self.shape
         fan_in = d_in * (self.base.kernel_size[0] * self.base.kernel_size[1] if isinstance(self.base, nn.Conv2d) else 1)
         if rank > min(fan_in, d_out):

@@ -32,13 +32,9 @@ import torch
 from torch import nn
 
 from course_lib.networks.embeddings import TimeEmbedding, resolve_class_labels
+from course_lib.validation import check_positive_int as _check_positive_int
 
 __all__ = ["TimeMLP"]
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class TimeMLP(nn.Module):

@@ -62,6 +62,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from course_lib.networks.embeddings import TimeEmbedding, resolve_class_labels
+from course_lib.validation import check_positive_int as _check_positive_int
 
 __all__ = [
     "ResBlock",
@@ -80,11 +81,6 @@ __all__ = [
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_groups(groups: int, channels: int, where: str) -> None:
