@@ -101,14 +101,18 @@ def run(ranks: list[int], batch: int, repeats: int, inner: int) -> tuple[str, li
         for n, p in theirs.named_parameters():
             p.requires_grad_("lora_" in n)
         full = copy.deepcopy(base).requires_grad_(True)
-        # the same adapter weights in both (B random, so neither update is trivially zero)
+        # the same adapter weights in both (B random, so neither update is trivially zero), handed to
+        # peft through its public state-dict loader (keys "<module>.lora_A.weight", adapter name omitted)
+        adapter_state = {}
         with torch.no_grad():
             for name, m in ours.named_modules():
                 if hasattr(m, "lora_B") and isinstance(m.lora_B, torch.nn.ParameterDict):
                     m.lora_B["default"].normal_(std=0.01, generator=torch.Generator().manual_seed(3))
-                    pm = theirs.get_submodule(name)
-                    pm.lora_A["default"].weight.copy_(m.lora_A["default"])
-                    pm.lora_B["default"].weight.copy_(m.lora_B["default"])
+                    adapter_state[f"{name}.lora_A.weight"] = m.lora_A["default"].detach().clone()
+                    adapter_state[f"{name}.lora_B.weight"] = m.lora_B["default"].detach().clone()
+        result = peft.set_peft_model_state_dict(theirs, adapter_state)
+        if getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"peft did not take the adapter weights: {result.unexpected_keys[:3]} ...")
         probe = _forward_fn(ours, 4)
         g = torch.Generator().manual_seed(5)
         x, t, y = torch.randn(4, 1, 8, 8, generator=g), torch.rand(4, generator=g), torch.arange(4)
