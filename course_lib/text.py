@@ -37,7 +37,7 @@ from course_lib.data.shapes import COLOR_NAMES, SHAPE_NAMES, SIZE_NAMES
 from course_lib.validation import check_positive_int
 
 __all__ = ["VOCAB", "MAX_TOKENS", "PAD", "EOS", "tokenize", "detokenize", "all_captions", "TextEncoder",
-           "ImageEncoder", "TinyCLIP", "clip_loss", "retrieval_accuracy", "clip_score"]
+           "ImageEncoder", "TinyCLIP", "clip_loss", "retrieval_accuracy", "clip_score", "train_tiny_clip"]
 
 PAD, EOS = 0, 1
 VOCAB: tuple[str, ...] = ("<pad>", "<eos>", "a", *SIZE_NAMES, *COLOR_NAMES, *SHAPE_NAMES)
@@ -216,3 +216,31 @@ def retrieval_accuracy(image_emb: torch.Tensor, caption_emb: torch.Tensor, true_
 def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor, *, w: float = 2.5) -> torch.Tensor:
     """CLIPScore (Hessel et al. 2021, arXiv:2104.08718, eq. 1): w max(cos(u, v), 0) per pair (B,)."""
     return w * (F.normalize(image_emb, dim=-1) * F.normalize(text_emb, dim=-1)).sum(dim=-1).clamp(min=0)
+
+
+def train_tiny_clip(model: TinyCLIP | None = None, *, steps: int = 1500, batch_size: int = 256, lr: float = 2e-3,
+                    seed: int = 0, device: str | torch.device = "cpu") -> TinyCLIP:
+    """Train a :class:`TinyCLIP` with :func:`clip_loss` on fresh batches of ``shapes`` and their captions.
+
+    Every batch is drawn from ``torch.Generator().manual_seed(seed)``; Adam with the learning rate decayed
+    linearly to 0 (the course's :func:`~course_lib.classifier.fit_classifier` loop). Returns the model in
+    eval mode. Introduced in chapter 15.
+    """
+    from course_lib.classifier import fit_classifier
+    from course_lib.data.shapes import shapes
+
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        check_positive_int(name, value)
+    if batch_size < 2:
+        raise ValueError(f"a contrastive batch needs at least 2 pairs, got batch_size={batch_size}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    model = (model if model is not None else TinyCLIP()).to(device)
+    generator = torch.Generator().manual_seed(seed)
+
+    def batch_loss(net: TinyCLIP) -> torch.Tensor:
+        batch = shapes(batch_size, generator=generator)
+        ids, _ = tokenize(batch.captions)
+        return net.loss(batch.images.to(device), ids.to(device))
+
+    return fit_classifier(model, batch_loss, steps=steps, lr=lr)
