@@ -14,7 +14,7 @@ from course_lib.text import (EOS, MAX_TOKENS, PAD, VOCAB, ImageEncoder, TextEnco
 
 def test_every_shapes_caption_round_trips_through_the_tokenizer():
     captions = all_captions()
-    assert len(set(captions)) == 48
+    assert len(set(captions)) == 48 and len(VOCAB) == 15  # <pad>, <eos>, "a", 2 sizes, 6 colours, 4 shapes
     ids, mask = tokenize(captions)
     assert ids.shape == (48, MAX_TOKENS)
     assert [detokenize(row) for row in ids] == captions
