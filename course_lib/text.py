@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from course_lib.data.shapes import COLOR_NAMES, SHAPE_NAMES, SIZE_NAMES
+from course_lib.data.shapes import COLOR_NAMES, SHAPE_NAMES, SIZE_NAMES, caption
 from course_lib.validation import check_positive_int
 
 __all__ = ["VOCAB", "MAX_TOKENS", "PAD", "EOS", "tokenize", "detokenize", "all_captions", "TextEncoder",
@@ -89,7 +89,8 @@ def detokenize(ids: torch.Tensor) -> str:
 
 def all_captions() -> list[str]:
     """The 48 captions ``shapes`` can carry, in (shape, colour, size) order: index = (label * 6 + colour) * 2 + size."""
-    return [f"a {size} {colour} {shape}" for shape in SHAPE_NAMES for colour in COLOR_NAMES for size in SIZE_NAMES]
+    return [caption(label, colour, size) for label in range(len(SHAPE_NAMES)) for colour in range(len(COLOR_NAMES))
+            for size in range(len(SIZE_NAMES))]
 
 
 class TextEncoder(nn.Module):
@@ -145,7 +146,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("dim", dim), ("width", width)):
             check_positive_int(name, value)
-        self.in_channels = in_channels
+        self.in_channels, self.dim = in_channels, dim
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
@@ -173,7 +174,7 @@ class TinyCLIP(nn.Module):
         self.text = text if text is not None else TextEncoder()
         self.image = image if image is not None else ImageEncoder()
         self.text_proj = nn.Linear(self.text.dim, embed_dim, bias=False)
-        self.image_proj = nn.Linear(self.image.out.out_features, embed_dim, bias=False)
+        self.image_proj = nn.Linear(self.image.dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
