@@ -65,7 +65,7 @@ unit: setup
 # (shapes_pixel_unet is no child: its step count comes from the latent recipe's config, not its weights;
 # distill_digits ends queue B to balance the two, long after queue A has built its parent reflow_digits;
 # if a queue reaches a model the other is building, it waits for that file instead of training it again).
-# Measured in a fresh clone (one thread per queue, 2 cores): about 33 min for the zoo with chapters 12, 14 and the shapes base (2026-12-03);
+# Measured in a fresh clone (one thread per queue, 2 cores): about 26 min for the zoo with chapters 12-14 and the shapes base (2026-12-04; 33 min on a busier day);
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
 ZOO_QUEUE_A := digits_unet_fm reflow_digits digits_cond_unet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
