@@ -37,7 +37,8 @@ from course_lib.data.shapes import COLOR_NAMES, SHAPE_NAMES, SIZE_NAMES, caption
 from course_lib.validation import check_positive_int
 
 __all__ = ["VOCAB", "MAX_TOKENS", "PAD", "EOS", "tokenize", "detokenize", "all_captions", "TextEncoder",
-           "ImageEncoder", "TinyCLIP", "clip_loss", "retrieval_accuracy", "clip_score", "train_tiny_clip"]
+           "ImageEncoder", "TinyCLIP", "clip_loss", "retrieval_accuracy", "clip_score", "train_tiny_clip", "NULL_CAPTION",
+           "caption_index", "null_ids", "caption_ids", "caption_tokens"]
 
 PAD, EOS = 0, 1
 VOCAB: tuple[str, ...] = ("<pad>", "<eos>", "a", *SIZE_NAMES, *COLOR_NAMES, *SHAPE_NAMES)
@@ -91,6 +92,37 @@ def all_captions() -> list[str]:
     """The 48 captions ``shapes`` can carry, in (shape, colour, size) order: index = (label * 6 + colour) * 2 + size."""
     return [caption(label, colour, size) for label in range(len(SHAPE_NAMES)) for colour in range(len(COLOR_NAMES))
             for size in range(len(SIZE_NAMES))]
+
+
+NULL_CAPTION = 48  # the row after the 48 captions: the empty caption, the "no prompt" of caption dropout
+
+
+def caption_index(labels: torch.Tensor, color_ids: torch.Tensor, size_ids: torch.Tensor) -> torch.Tensor:
+    """The index into :func:`all_captions` of each (shape, colour, size): (label * 6 + colour) * 2 + size."""
+    return (labels.long() * len(COLOR_NAMES) + color_ids.long()) * len(SIZE_NAMES) + size_ids.long()
+
+
+def null_ids(n: int, *, max_tokens: int = MAX_TOKENS) -> torch.Tensor:
+    """Word ids (n, max_tokens) of the empty caption: <eos> then padding. :func:`tokenize` refuses an
+    empty caption, because a learner who writes one has usually made a mistake; the "no prompt" of
+    classifier-free guidance is asked for by name."""
+    check_positive_int("n", n)
+    ids = torch.full((n, max_tokens), PAD, dtype=torch.int64)
+    ids[:, 0] = EOS
+    return ids
+
+
+def caption_ids() -> torch.Tensor:
+    """Word ids (49, MAX_TOKENS) of the 48 captions of :func:`all_captions` and, last, the empty one."""
+    return torch.cat([tokenize(all_captions())[0], null_ids(1)])
+
+
+def caption_tokens(encoder: "TextEncoder") -> torch.Tensor:
+    """The frozen encoder's tokens (49, MAX_TOKENS, dim) for :func:`caption_ids`: the whole context a
+    text-conditioned shapes model can be given, computed once. Row ``NULL_CAPTION`` is the empty caption."""
+    with torch.no_grad():
+        ids = caption_ids().to(next(encoder.parameters()).device)
+        return encoder(ids).detach()
 
 
 class TextEncoder(nn.Module):

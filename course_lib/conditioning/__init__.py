@@ -6,8 +6,8 @@ r"""Conditioning: guidance, ControlNet and LoRA change the denoiser or the netwo
   guided sampling can be compared with the density it aims at (chapter 12).
 """
 
-from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, apg_combine, cfg_combine, drop_labels,
+from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, PromptGuidance, apg_combine, cfg_combine, drop_labels,
                        dynamic_threshold, guidance_scale_from_w, rescale_guidance, w_from_guidance_scale)
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "apg_combine", "cfg_combine", "drop_labels",
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "PromptGuidance", "apg_combine", "cfg_combine", "drop_labels",
            "dynamic_threshold", "guidance_scale_from_w", "rescale_guidance", "w_from_guidance_scale"]

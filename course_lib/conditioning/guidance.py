@@ -39,6 +39,8 @@ The remedies for over-saturation at large scales are options of the wrapper:
 >>> cfg_combine(torch.tensor([1.0]), torch.tensor([2.0]), guidance_scale=3.0).item()  # 1 + 3 (2 - 1)
 4.0
 
+:class:`PromptGuidance` is the same combination for any conditioning (captions, image prompts; chapter 15).
+
 Introduced in chapter 12.
 """
 
@@ -51,7 +53,7 @@ import torch.nn.functional as F
 
 from course_lib.schedules import PathPoint
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "apg_combine", "cfg_combine", "drop_labels",
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "PromptGuidance", "apg_combine", "cfg_combine", "drop_labels",
            "dynamic_threshold", "guidance_scale_from_w", "rescale_guidance", "w_from_guidance_scale"]
 
 
@@ -191,12 +193,12 @@ def _check_labels(class_labels, num_classes: int | None) -> torch.Tensor:
 class _GuidedDenoiser:
     """What both wrappers share: the schedule, the two sampler paths, the output post-processing."""
 
-    def __init__(self, denoiser, class_labels, *, x0_range, dynamic_threshold):
+    def __init__(self, denoiser, class_labels, *, x0_range, dynamic_threshold, prompts: bool = False):
         _check_denoiser(denoiser)
         self.denoiser, self.schedule = denoiser, denoiser.schedule
         net = getattr(denoiser, "net", None)
         self.num_classes = getattr(net, "num_classes", None)
-        self.class_labels = _check_labels(class_labels, self.num_classes)
+        self.class_labels = None if prompts else _check_labels(class_labels, self.num_classes)
         if x0_range is not None and (len(x0_range) != 2 or not float(x0_range[0]) < float(x0_range[1])):
             raise ValueError(f"x0_range must be a pair (low, high) with low < high, got {x0_range!r}")
         if dynamic_threshold is not None:
@@ -289,6 +291,9 @@ class ClassifierFreeGuidance(_GuidedDenoiser):
         if self.num_classes is None and getattr(denoiser, "net", None) is not None:
             raise ValueError("classifier-free guidance needs a class-conditional network (num_classes set) trained "
                              "with label dropout; this one is unconditional")
+        self._set_options(guidance_scale, rescale, interval, method, apg_eta, apg_norm_threshold)
+
+    def _set_options(self, guidance_scale, rescale, interval, method, apg_eta, apg_norm_threshold) -> None:
         self.guidance_scale = _number("guidance_scale", guidance_scale)
         self.rescale = _number("rescale", rescale, low=0.0, high=1.0)
         if interval is not None:
@@ -308,6 +313,12 @@ class ClassifierFreeGuidance(_GuidedDenoiser):
         if apg_norm_threshold is not None and _number("apg_norm_threshold", apg_norm_threshold) <= 0:
             raise ValueError(f"apg_norm_threshold must be > 0, got {apg_norm_threshold!r}")
 
+    def _branches(self, x_t: torch.Tensor) -> dict:
+        """The conditioning of the doubled batch: the conditional half first, then the unconditional."""
+        labels = self._labels_for(x_t)
+        null = torch.full_like(labels, self.num_classes) if self.num_classes is not None else labels
+        return {"class_labels": torch.cat([labels, null])}
+
     def _scale_at(self, t) -> float | torch.Tensor:
         if self.interval is None:
             return self.guidance_scale
@@ -318,9 +329,7 @@ class ClassifierFreeGuidance(_GuidedDenoiser):
         return torch.where(inside, self.guidance_scale, 1.0)
 
     def _guided(self, x_t: torch.Tensor, t) -> torch.Tensor:
-        labels = self._labels_for(x_t)
-        null = torch.full_like(labels, self.num_classes) if self.num_classes is not None else labels
-        both = self._inner(torch.cat([x_t, x_t]), t, class_labels=torch.cat([labels, null]))
+        both = self._inner(torch.cat([x_t, x_t]), t, **self._branches(x_t))
         x0_cond, x0_uncond = both.chunk(2)  # (B, ...) each
         t_value, alpha_t, sigma_t = self._coefficients(x_t, t)
         scale = self._scale_at(t_value)
@@ -342,6 +351,62 @@ class ClassifierFreeGuidance(_GuidedDenoiser):
 
     def __repr__(self) -> str:
         return f"ClassifierFreeGuidance(guidance_scale={self.guidance_scale}, method={self.method!r})"
+
+
+class PromptGuidance(ClassifierFreeGuidance):
+    r"""Classifier-free guidance for any conditioning: D(x_t, uncond) + s (D(x_t, cond) - D(x_t, uncond)).
+
+    ``cond`` and ``uncond`` are keyword arguments of the network with the same keys, each a tensor with
+    the batch B first: a caption's tokens against the empty caption's (``context``, chapter 15), an
+    image prompt against none (``image_embeds``), or both at once. Everything else (the doubled batch,
+    the scale conventions, rescale, interval, APG, thresholding) is :class:`ClassifierFreeGuidance`'s.
+    Conditioning the denoiser already binds (a ControlNet's control) is shared by both branches.
+
+    >>> from course_lib.networks.unet import UNet
+    >>> from course_lib.parameterization import Denoiser
+    >>> from course_lib.schedules import get_schedule
+    >>> net = UNet(in_channels=1, base_channels=16, channel_mults=(1,), attention_levels=(0,), context_dim=8)
+    >>> text, empty = torch.randn(2, 3, 8), torch.zeros(2, 3, 8)
+    >>> guided = PromptGuidance(Denoiser(net, get_schedule("ddpm_linear")), {"context": text}, {"context": empty}, 4.0)
+    >>> guided(torch.randn(2, 1, 8, 8), 0.5).shape
+    torch.Size([2, 1, 8, 8])
+
+    Introduced in chapter 15.
+    """
+
+    def __init__(self, denoiser, cond: dict, uncond: dict, guidance_scale: float, *, x0_range=None,
+                 dynamic_threshold: float | None = None, rescale: float = 0.0,
+                 interval: tuple[float, float] | None = None, method: str = "cfg", apg_eta: float = 0.0,
+                 apg_norm_threshold: float | None = None) -> None:
+        _GuidedDenoiser.__init__(self, denoiser, None, x0_range=x0_range, dynamic_threshold=dynamic_threshold,
+                                 prompts=True)
+        if not isinstance(cond, dict) or not isinstance(uncond, dict) or not cond:
+            raise ValueError(f"cond and uncond must be non-empty dicts of the network's keyword arguments, got "
+                             f"{type(cond).__name__} and {type(uncond).__name__}")
+        if set(cond) != set(uncond):
+            raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
+        batch = None
+        for key in cond:
+            for which, value in (("cond", cond[key]), ("uncond", uncond[key])):
+                if not isinstance(value, torch.Tensor) or value.ndim < 1:
+                    raise ValueError(f"{which}[{key!r}] must be a tensor with the batch first, got {type(value).__name__}")
+                batch = value.shape[0] if batch is None else batch
+                if value.shape[0] != batch:
+                    raise ValueError(f"every tensor of cond and uncond must have the same batch; {which}[{key!r}] has "
+                                     f"{value.shape[0]}, another has {batch}")
+            if cond[key].shape != uncond[key].shape:
+                raise ValueError(f"cond[{key!r}] and uncond[{key!r}] must have the same shape, got "
+                                 f"{tuple(cond[key].shape)} and {tuple(uncond[key].shape)}")
+        self.cond, self.uncond, self.batch = cond, uncond, batch
+        self._set_options(guidance_scale, rescale, interval, method, apg_eta, apg_norm_threshold)
+
+    def _branches(self, x_t: torch.Tensor) -> dict:
+        if x_t.shape[0] != self.batch:
+            raise ValueError(f"x_t has a batch of {x_t.shape[0]} but the prompts have {self.batch}")
+        return {k: torch.cat([self.cond[k].to(x_t.device), self.uncond[k].to(x_t.device)]) for k in self.cond}
+
+    def __repr__(self) -> str:
+        return f"PromptGuidance(keys={sorted(self.cond)}, guidance_scale={self.guidance_scale}, method={self.method!r})"
 
 
 class ClassifierGuidance(_GuidedDenoiser):

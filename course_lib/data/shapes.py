@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["COLOR_NAMES", "COLOR_VALUES", "SHAPE_NAMES", "SIZE_NAMES", "ShapesBatch", "caption", "palette_fraction", "segment", "shape_mask", "shapes"]
+__all__ = ["COLOR_NAMES", "COLOR_VALUES", "SHAPE_NAMES", "SIZE_NAMES", "ShapesBatch", "caption", "palette_fraction", "read_colour", "read_size", "segment", "shape_mask", "shapes"]
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 COLOR_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -238,3 +238,61 @@ def segment(images: torch.Tensor, *, threshold: float = 0.0) -> torch.Tensor:
     if not -1.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must lie in [-1, 1] (the image range), got {threshold!r}")
     return (images.detach().amax(dim=1, keepdim=True) >= threshold).float()
+
+
+# Area of a shape of half-extent r, in units of r^2 (see _inside): circle pi, square (1.6 r)^2,
+# triangle (base 2r, height 2r) 2, cross two 2r x 2r/3 arms minus their overlap 20/9.
+_AREA_FACTOR = torch.tensor([torch.pi, 2.56, 2.0, 20.0 / 9.0])
+
+
+def _check_images(fn: str, images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{fn}: images must be a tensor (N, 3, H, W) in [-1, 1], got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+
+
+def read_colour(images: torch.Tensor) -> torch.Tensor:
+    """The palette colour an image shows: the index into ``COLOR_NAMES`` (N,) nearest to the mean of its
+    foreground pixels (:func:`segment`). An image without foreground gets -1 (no colour).
+
+    With the shape classifier and :func:`read_size` it reads a caption back from an image (chapter 15's
+    caption adherence). On rendered shapes it is exact (tests/test_shapes.py).
+
+    >>> import torch
+    >>> batch = shapes(256, generator=torch.Generator().manual_seed(0))
+    >>> bool(torch.equal(read_colour(batch.images), batch.color_ids))
+    True
+    """
+    _check_images("read_colour", images)
+    x = images.detach().float().clamp(-1, 1)
+    fg = segment(x)  # (N, 1, H, W)
+    count = fg.sum(dim=(1, 2, 3))  # (N,)
+    mean = (x * fg).sum(dim=(2, 3)) / count.clamp(min=1)[:, None]  # (N, 3)
+    nearest = torch.cdist(mean, COLOR_VALUES.to(mean.device)).argmin(dim=1)
+    return torch.where(count > 0, nearest, torch.full_like(nearest, -1))
+
+
+def read_size(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The size id (N,) an image shows (0 small, 1 large), read from the area of its :func:`segment`.
+
+    Given the shape ``labels`` (N,) (the requested or the classified shape), the half-extent is
+    r = sqrt(area / a_shape), with a_shape the shape's area for r = 1 (circle pi, square 2.56, triangle
+    2, cross 20/9); r / size above 0.27, halfway between the small (at most 0.24) and the large (at
+    least 0.30) ranges, reads as large. An image without foreground reads as small.
+
+    >>> import torch
+    >>> batch = shapes(256, generator=torch.Generator().manual_seed(0))
+    >>> bool(torch.equal(read_size(batch.images, batch.labels), batch.size_ids))
+    True
+    """
+    _check_images("read_size", images)
+    if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],) or labels.dtype.is_floating_point:
+        raise ValueError(f"read_size: labels must be an integer tensor ({images.shape[0]},), got "
+                         f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(SHAPE_NAMES)):
+        raise ValueError(f"read_size: labels must lie in [0, {len(SHAPE_NAMES) - 1}] ({SHAPE_NAMES}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    area = segment(images.float()).sum(dim=(1, 2, 3))  # (N,)
+    r = (area / _AREA_FACTOR.to(area.device)[labels.long()]).sqrt()
+    threshold = 0.5 * (_RADIUS_RANGE[0][1] + _RADIUS_RANGE[1][0]) * images.shape[-1]
+    return (r > threshold).long()

@@ -54,6 +54,7 @@ torch.Size([2, 1, 8, 8])
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -65,6 +66,8 @@ from course_lib.networks.embeddings import TimeEmbedding, resolve_class_labels
 from course_lib.validation import check_positive_int as _check_positive_int
 
 __all__ = [
+    "attention_weights",
+    "record_cross_attention",
     "ResBlock",
     "SelfAttention",
     "CrossAttention",
@@ -188,15 +191,55 @@ def multi_head_attention(
              [4., 5., 6., 7.]]])
     """
     batch, n, channels = q.shape
+    weights = attention_weights(q, k, num_heads)  # (B, heads, N, L)
+    d = channels // num_heads
+    v = v.reshape(batch, v.shape[1], num_heads, d).transpose(1, 2)  # (B, heads, L, d)
+    out = weights @ v  # (B, heads, N, d)
+    return out.transpose(1, 2).reshape(batch, n, channels)  # (B, N, C)
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The attention weights softmax(Q K^T / sqrt(d)) per head, shape (B, heads, N, L): how much each of
+    the N queries reads each of the L keys (each row sums to 1). q (B, N, C), k (B, L, C).
+    Chapter 15 shows them per caption token."""
+    batch, n, channels = q.shape
     if channels % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide the channels, got {channels}")
     d = channels // num_heads
     q = q.reshape(batch, n, num_heads, d).transpose(1, 2)  # (B, heads, N, d)
     k = k.reshape(batch, k.shape[1], num_heads, d).transpose(1, 2)  # (B, heads, L, d)
-    v = v.reshape(batch, v.shape[1], num_heads, d).transpose(1, 2)  # (B, heads, L, d)
-    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), dim=-1)  # (B, heads, N, L)
-    out = weights @ v  # (B, heads, N, d)
-    return out.transpose(1, 2).reshape(batch, n, channels)  # (B, N, C)
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), dim=-1)  # (B, heads, N, L)
+
+
+@contextlib.contextmanager
+def record_cross_attention(model: nn.Module):
+    """Record the attention weights of every :class:`CrossAttention` layer (not self-attention) of
+    ``model`` during the forward passes inside the ``with`` block.
+
+    Yields a list that fills with one dict per layer call: ``name`` (the module's name), ``weights``
+    (B, heads, H*W, L) and ``size`` (H, W) of the feature map. Chapter 15's attention maps per token.
+
+    >>> net = UNet(in_channels=4, base_channels=16, channel_mults=(1,), attention_levels=(0,), context_dim=8)
+    >>> with record_cross_attention(net) as calls:
+    ...     _ = net(torch.randn(2, 4, 4, 4), torch.rand(2), context=torch.randn(2, 3, 8))
+    >>> len(calls) > 0, tuple(calls[0]["weights"].shape), calls[0]["size"]
+    (True, (2, 4, 16, 3), (4, 4))
+    """
+    calls: list[dict] = []
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, CrossAttention) and not isinstance(module, SelfAttention):
+            def hook(layer, inputs, output, name=name):
+                x, context = inputs
+                with torch.no_grad():
+                    calls.append({"name": name, "weights": layer.attention_weights(x, context).detach(),
+                                  "size": tuple(x.shape[-2:])})
+            handles.append(module.register_forward_hook(hook))
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class CrossAttention(nn.Module):
@@ -246,6 +289,11 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
         return self._attend(x, h, context)
+
+    def attention_weights(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The weights (B, heads, H*W, L) with which each position of x reads each context token."""
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        return attention_weights(self.to_q(h), self.to_k(context), self.num_heads)
 
 
 class SelfAttention(CrossAttention):

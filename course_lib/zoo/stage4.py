@@ -334,3 +334,188 @@ def _fit_controlnet(model, config, progress):
 register(Recipe("shapes_controlnet", "denoiser", _controlnet_config, _build_controlnet, _fit_controlnet,
                 "ControlNet on the frozen shapes_latent_unet: a trainable encoder copy reads the 16x16 shape mask "
                 "through zero convolutions (chapter 13)"))
+
+
+# --- chapter 15 recipes (text and image prompts) ---
+# shapes_clip: a CLIP in miniature trained on every caption (the judge must know the held-out pairs too,
+# as a real text encoder has seen far more than the diffusion model). shapes_text_unet: the latent U-Net
+# of chapter 11 with cross-attention to the frozen text encoder's tokens, trained with caption dropout
+# on shapes whose (shape, colour) pair is not in HELD_OUT_PAIRS. shapes_ip_adapter: decoupled
+# cross-attention on the frozen shapes_text_unet, reading the tiny CLIP's image embedding.
+HELD_OUT_PAIRS = ((0, 4), (1, 3), (2, 5), (3, 0))  # (shape, colour): magenta circle, yellow square,
+#                                                    cyan triangle, red cross; every shape once
+P_DROP_CAPTION = 0.1  # Stable Diffusion's caption dropout for classifier-free guidance
+CLIP_EVAL = {"n": 2000, "seed": 99}
+IP_DROP = 0.05        # IP-Adapter drops the text, the image and both, each with probability 0.05
+TEXT_UNET_STEPS = 4  # x digits_train_steps / 3: 2,000 steps at batch 256 in the classroom profile (2/3 of the base's)
+
+
+def _clip_config(profile: Profile) -> dict:
+    return {"net": "TinyCLIP", "net_params": {"text_dim": 64, "text_depth": 2, "image_width": 32, "embed_dim": 32},
+            "steps": max(10, 2 * profile.digits_train_steps // 3), "batch_size": 256, "lr": 2e-3, "seed": 0,
+            "eval": dict(CLIP_EVAL)}
+
+
+def _build_clip(config: dict) -> nn.Module:
+    from course_lib.text import ImageEncoder, TextEncoder, TinyCLIP
+
+    p = config["net_params"]
+    return TinyCLIP(TextEncoder(dim=p["text_dim"], depth=p["text_depth"]), ImageEncoder(dim=p["text_dim"], width=p["image_width"]),
+                    embed_dim=p["embed_dim"])
+
+
+def clip_attribute_accuracy(clip, images: torch.Tensor, labels, color_ids, size_ids) -> dict:
+    """Zero-shot reading of images by a TinyCLIP: the best of the 48 captions for each image, and how
+    often it names the right caption, shape, colour and size."""
+    from course_lib.text import all_captions, caption_index, tokenize
+
+    with torch.no_grad():
+        scores = clip.encode_image(images) @ clip.encode_text(tokenize(all_captions())[0]).T  # (N, 48)
+    best = scores.argmax(dim=1)
+    return {"caption": float((best == caption_index(labels, color_ids, size_ids)).float().mean()),
+            "shape": float((best // 12 == labels).float().mean()),
+            "colour": float(((best // 2) % 6 == color_ids).float().mean()),
+            "size": float((best % 2 == size_ids).float().mean())}
+
+
+def _fit_clip(model, config, progress):
+    import time
+
+    from course_lib.data.shapes import shapes
+    from course_lib.text import train_tiny_clip
+
+    start = time.perf_counter()
+    trained = train_tiny_clip(model, steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
+                              seed=config["seed"]).cpu().eval()
+    ev = config["eval"]
+    held = shapes(ev["n"], generator=torch.Generator().manual_seed(ev["seed"]))
+    accuracy = clip_attribute_accuracy(trained, held.images, held.labels, held.color_ids, held.size_ids)
+    return trained, {"retrieval": accuracy, "logit_scale": float(trained.scale().detach()),
+                     "seconds": time.perf_counter() - start}
+
+
+def _text_unet_config(profile: Profile) -> dict:
+    from .stage3 import SHAPES_DATA, _SHAPES_DIFFUSION, _SHAPES_UNET, _shapes_latent_config
+
+    net = {k: v for k, v in _SHAPES_UNET.items() if k != "num_classes"}
+    return {**SHAPES_DATA, "parent": "shapes_vae", "parent_profile": profile.name,
+            "parent_file": cache_path("shapes_vae", profile).name, "clip_file": cache_path("shapes_clip", profile).name,
+            "latent_seed": 2, "net": "UNet", "net_params": {"in_channels": 4, **net, "attention_levels": [0, 1], "context_dim": 64},
+            **{k: v for k, v in _SHAPES_DIFFUSION.items() if k != "p_uncond"}, "p_uncond": P_DROP_CAPTION,
+            "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS], "x0_range": None,
+            "steps": TEXT_UNET_STEPS * profile.digits_train_steps // 3}
+
+
+def held_out_mask(labels: torch.Tensor, color_ids: torch.Tensor, pairs=HELD_OUT_PAIRS) -> torch.Tensor:
+    """True where the (shape, colour) pair of an example is one of ``pairs`` (held out of training)."""
+    out = torch.zeros(labels.shape, dtype=torch.bool)
+    for shape, colour in pairs:
+        out |= (labels == shape) & (color_ids == colour)
+    return out
+
+
+def text_training_set(config: dict):
+    """The shapes a chapter-15 recipe trains on: chapter 11's set without the held-out pairs."""
+    from .stage3 import _shapes_batch
+
+    data = _shapes_batch(config)
+    keep = ~held_out_mask(data.labels, data.color_ids, [tuple(p) for p in config["held_out_pairs"]])
+    return data, keep
+
+
+def _fit_text_unet(model, config, progress):
+    from course_lib.losses import diffusion_loss
+    from course_lib.parameterization import Denoiser
+    from course_lib.text import NULL_CAPTION, caption_index, caption_tokens
+    from course_lib.training import train
+
+    from .stage3 import _shapes_latents
+
+    profile = get_profile(config["parent_profile"])
+    vae = load(config["parent"], profile=profile, progress=progress, device="cpu")
+    clip = load("shapes_clip", profile=profile, progress=progress, device="cpu").model
+    data, keep = text_training_set(config)
+    latents = _shapes_latents(vae.model, vae.metrics["scale_factor"], data.images, config["latent_seed"])[keep]
+    index = caption_index(data.labels, data.color_ids, data.size_ids)[keep]
+    table = caption_tokens(clip.text)  # (49, L, 64), frozen
+    denoiser = Denoiser(model, _schedule_from_config(config), config["prediction"])
+
+    def loss_fn(net, batch, generator):
+        z0, idx = batch
+        drop = torch.rand(idx.shape, generator=generator, device=idx.device) < config["p_uncond"]
+        idx = torch.where(drop, torch.full_like(idx, NULL_CAPTION), idx)
+        return diffusion_loss(denoiser, z0, generator=generator, context=table.to(idx.device)[idx])
+
+    result = train(model, loss_fn, (latents, index), steps=config["steps"], batch_size=config["batch_size"],
+                   lr=config["lr"], seed=config["seed"], ema_decay=config["ema_decay"], progress=progress)
+    trained, metrics = _fit_result(result)
+    return trained, {**metrics, "train_examples": int(keep.sum())}
+
+
+def _ip_adapter_config(profile: Profile) -> dict:
+    parent = _text_unet_config(profile)
+    return {**{k: parent[k] for k in ("data", "size", "n_data", "data_seed", "latent_seed", "net_params", "schedule",
+                                      "schedule_params", "prediction", "x0_range", "held_out_pairs", "clip_file")},
+            "net": "IPAdapter", "parent": "shapes_text_unet", "parent_profile": profile.name,
+            "parent_file": cache_path("shapes_text_unet", profile).name, "num_tokens": 4, "image_dim": 32,
+            "p_drop": IP_DROP, "steps": max(10, profile.digits_train_steps // 3), "batch_size": 128, "lr": 1e-3,
+            "ema_decay": 0.99, "seed": 0}
+
+
+def _build_ip_adapter(config: dict, base_state: dict | None = None) -> nn.Module:
+    from course_lib.networks.ip_adapter import IPAdapter
+
+    unet = _build_unet(config)
+    if base_state is not None:
+        unet.load_state_dict(base_state)
+    return IPAdapter(unet, image_dim=config["image_dim"], num_tokens=config["num_tokens"])
+
+
+def _fit_ip_adapter(model, config, progress):
+    """Start from the frozen parent; train the image projection and the new key/value projections (copies
+    of the text ones) on image prompts that are the training image itself, the tiny CLIP's embedding."""
+    from course_lib.losses import diffusion_loss
+    from course_lib.parameterization import Denoiser
+    from course_lib.text import NULL_CAPTION, caption_index, caption_tokens
+    from course_lib.training import train
+
+    from .stage3 import _shapes_latents
+
+    profile = get_profile(config["parent_profile"])
+    parent = load(config["parent"], profile=profile, progress=progress, device="cpu")
+    vae = load(parent.config["parent"], profile=profile, progress=progress, device="cpu")
+    clip = load("shapes_clip", profile=profile, progress=progress, device="cpu").model
+    model.load_state_dict(_build_ip_adapter(config, parent.model.state_dict()).state_dict())
+    data, keep = text_training_set(config)
+    latents = _shapes_latents(vae.model, vae.metrics["scale_factor"], data.images, config["latent_seed"])[keep]
+    index = caption_index(data.labels, data.color_ids, data.size_ids)[keep]
+    with torch.no_grad():
+        embeds = torch.cat([clip.encode_image(data.images[keep][i:i + 1000]) for i in range(0, int(keep.sum()), 1000)])
+    table = caption_tokens(clip.text)
+    denoiser = Denoiser(model, _schedule_from_config(config), config["prediction"])
+    p = config["p_drop"]
+
+    def loss_fn(net, batch, generator):
+        z0, idx, e = batch
+        u = torch.rand(idx.shape, generator=generator, device=idx.device)  # drop text, image, both: p each
+        idx = torch.where((u < p) | ((u >= 2 * p) & (u < 3 * p)), torch.full_like(idx, NULL_CAPTION), idx)
+        e = torch.where(((u >= p) & (u < 3 * p))[:, None], torch.zeros_like(e), e)
+        return diffusion_loss(denoiser, z0, generator=generator, context=table.to(idx.device)[idx], image_embeds=e)
+
+    trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    result = train(model, loss_fn, (latents, index, embeds), steps=config["steps"], batch_size=config["batch_size"],
+                   lr=config["lr"], seed=config["seed"], ema_decay=config["ema_decay"], progress=progress)
+    trained, metrics = _fit_result(result)
+    return trained, {**metrics, "trainable_parameters": trainable,
+                     "base_parameters": sum(q.numel() for n, q in trained.unet.named_parameters() if "_ip." not in n)}
+
+
+register(Recipe("shapes_clip", "encoder", _clip_config, _build_clip, _fit_clip,
+                "TinyCLIP: a word-level text transformer and a small CNN trained contrastively on shapes and their "
+                "captions (chapter 15)"))
+register(Recipe("shapes_text_unet", "denoiser", _text_unet_config, _build_unet, _fit_text_unet,
+                "caption-conditional eps U-Net on shapes_vae latents, cross-attention to the frozen shapes_clip text "
+                "tokens, caption dropout 0.1, four (shape, colour) pairs held out (chapter 15)"))
+register(Recipe("shapes_ip_adapter", "denoiser", _ip_adapter_config, _build_ip_adapter, _fit_ip_adapter,
+                "IP-Adapter on the frozen shapes_text_unet: the shapes_clip image embedding as 4 tokens through "
+                "decoupled cross-attention (chapter 15)"))
