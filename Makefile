@@ -40,7 +40,8 @@ ZOO_CHAPTER_ORDER := digits_unet digit_classifier ddpm_moons ddpm_eight_gaussian
 	cd_digits ct_moons shapes_vae shapes_classifier shapes_latent_unet shapes_pixel_unet \
 	digits_cond_unet digits_noisy_classifier shapes_controlnet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
-	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted
+	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted \
+	shapes_clip shapes_text_unet shapes_ip_adapter shapes_ip_adapter_paper_drop
 
 lab: setup
 	$(BIN)/python -m course_lib.device
@@ -67,9 +68,9 @@ unit: setup
 # if a queue reaches a model the other is building, it waits for that file instead of training it again).
 # Measured in a fresh clone (one thread per queue, 2 cores): about 26 min for the zoo with chapters 12-14 and the shapes base (2026-12-04; 33 min on a busier day);
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
-ZOO_QUEUE_A := digits_unet_fm reflow_digits digits_cond_unet \
+ZOO_QUEUE_A := shapes_clip digits_unet_fm reflow_digits digits_cond_unet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
-	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted shapes_pixel_unet
+	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted shapes_pixel_unet shapes_text_unet shapes_ip_adapter shapes_ip_adapter_paper_drop
 ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_classifier shapes_vae shapes_latent_unet shapes_controlnet \
 	digits_noisy_classifier ddpm_moons ddpm_eight_gaussians fm_moons reflow_moons fm_eight_gaussians \
 	reflow_eight_gaussians ct_moons digit_classifier distill_digits
