@@ -3,7 +3,9 @@ r"""Conditioning: guidance, ControlNet and LoRA change the denoiser or the netwo
 * :mod:`~course_lib.conditioning.guidance`: classifier and classifier-free guidance as denoiser
   wrappers, label dropout, and the remedies for over-saturation (chapter 12);
 * :mod:`~course_lib.conditioning.mixture`: exact class-conditional denoisers of 1-D densities, where
-  guided sampling can be compared with the density it aims at (chapter 12).
+  guided sampling can be compared with the density it aims at (chapter 12);
+* :mod:`~course_lib.conditioning.editing`: SDEdit's start, inpainting by replacement, RePaint's resampling step
+  and null-text inversion (chapter 16).
 """
 
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, PromptGuidance, apg_combine, cfg_combine, drop_labels,
