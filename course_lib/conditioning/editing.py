@@ -34,7 +34,7 @@ r"""Editing a picture with a trained diffusion model: change the start or the de
 >>> x = sdedit_start(schedule, guide, 0.0, generator=torch.Generator().manual_seed(0))  # t0 = 0: the guide itself
 >>> bool(torch.equal(x, guide))
 True
->>> grid_from(torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), 0.6).tolist()
+>>> grid_from(torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64), 0.6).tolist()
 [0.6, 0.5, 0.25, 0.0]
 
 Introduced in chapter 16.
