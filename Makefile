@@ -66,14 +66,16 @@ unit: setup
 # (shapes_pixel_unet is no child: its step count comes from the latent recipe's config, not its weights;
 # distill_digits ends queue B to balance the two, long after queue A has built its parent reflow_digits;
 # if a queue reaches a model the other is building, it waits for that file instead of training it again).
-# Measured in a fresh clone (one thread per queue, 2 cores): about 26 min for the zoo with chapters 12-14 and the shapes base (2026-12-04; 33 min on a busier day);
+# Measured in a fresh clone (one thread per queue, 2 cores), 2026-12-04, with chapter 15: queue A 2,118 s, queue B
+# 1,471 s (B idle for ten minutes); rebalanced here to about 1,770 s and 1,820 s (the toy models moved to A, the
+# chapter-15 text U-Net and adapters to B, after shapes_vae; shapes_clip, their other parent, is A's first model).
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
 ZOO_QUEUE_A := shapes_clip digits_unet_fm reflow_digits digits_cond_unet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
-	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted shapes_pixel_unet shapes_text_unet shapes_ip_adapter shapes_ip_adapter_paper_drop
+	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted shapes_pixel_unet \
+	ddpm_moons ddpm_eight_gaussians fm_moons reflow_moons fm_eight_gaussians reflow_eight_gaussians ct_moons
 ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_classifier shapes_vae shapes_latent_unet shapes_controlnet \
-	digits_noisy_classifier ddpm_moons ddpm_eight_gaussians fm_moons reflow_moons fm_eight_gaussians \
-	reflow_eight_gaussians ct_moons digit_classifier distill_digits
+	shapes_text_unet shapes_ip_adapter shapes_ip_adapter_paper_drop digits_noisy_classifier digit_classifier distill_digits
 
 zoo: setup
 	$(TEST_ENV) $(BIN)/python -m course_lib.zoo build $(ZOO_QUEUE_A) & pid=$$!; \
