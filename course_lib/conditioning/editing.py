@@ -235,7 +235,6 @@ def null_text_optimisation(denoiser, z0: torch.Tensor, context: torch.Tensor, nu
     """
     from course_lib.samplers.ddim import ddim_step
     from course_lib.samplers.inversion import ddim_invert
-    from course_lib.samplers.loop import StepInfo  # noqa: F401  (documented type of the callback)
 
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
