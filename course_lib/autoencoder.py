@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from course_lib.validation import check_positive_int as _check_positive_int
 
 __all__ = ["VAE", "VAEOutput", "VAELoss", "reparameterize", "kl_to_standard_normal", "vae_loss",
-           "latent_scale_factor", "LatentSpace"]
+           "latent_scale_factor", "LatentSpace", "PatchDiscriminator", "PerceptualDistance", "hinge_discriminator_loss"]
 
 LOG_VAR_RANGE = (-30.0, 20.0)  # the encoder's log-variance is clamped here (as in Rombach et al.'s code)
 
@@ -407,3 +407,93 @@ class LatentSpace:
     def __repr__(self) -> str:
         return (f"LatentSpace(f={self.vae.downsample_factor}, C_z={self.vae.latent_channels}, "
                 f"scale_factor={self.scale_factor:.5g})")
+
+
+# --------------------------------------------------------------------------------------------
+# Perceptual and adversarial losses (chapter 17): a sharper decoder
+# --------------------------------------------------------------------------------------------
+
+
+class PerceptualDistance(nn.Module):
+    r"""An LPIPS-style distance in the activations of a frozen course network.
+
+    Zhang et al. 2018 (arXiv:1801.03924, Eq. 1): for each chosen layer l, unit-normalise the
+    activation vector at every position across channels, then average the squared difference over
+    positions and sum over layers,
+
+    .. math:: d(x, y) = \sum_l \frac{1}{H_l W_l} \sum_{h,w} \big\| \hat f^l_{hw}(x) - \hat f^l_{hw}(y) \big\|^2 .
+
+    LPIPS then learns a weight per channel on human judgements; with no such data the course keeps
+    the weights at 1 (the paper's "lin" layer off, its baseline). The network is any
+    ``nn.Sequential`` of convolutions; ``taps`` are the indices whose outputs are compared. Its
+    parameters are frozen (gradients flow to the images only).
+
+    Args:
+        network: the feature network (e.g. the tiny CLIP's image CNN, ``clip.image.net``).
+        taps: indices into ``network`` after which to compare activations.
+
+    Introduced in chapter 17.
+    """
+
+    def __init__(self, network: nn.Sequential, taps: Sequence[int]) -> None:
+        super().__init__()
+        if not isinstance(network, nn.Sequential):
+            raise ValueError(f"PerceptualDistance: network must be an nn.Sequential, got {type(network).__name__}")
+        taps = tuple(taps)
+        if not taps or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(network) for i in taps):
+            raise ValueError(f"PerceptualDistance: taps must be indices in [0, {len(network)}), got {taps!r}")
+        self.network, self.taps = network, taps
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.network.eval()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The distance per example, (B,), between images x and y (B, C, H, W)."""
+        if x.shape != y.shape:
+            raise ValueError(f"PerceptualDistance: x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        total = x.new_zeros(x.shape[0])
+        h = torch.cat([x, y])
+        for i, layer in enumerate(self.network):
+            h = layer(h)
+            if i in self.taps:
+                fx, fy = F.normalize(h, dim=1).chunk(2)  # unit length across channels at each position
+                total = total + ((fx - fy) ** 2).sum(1).mean(dim=(1, 2))
+            if i >= max(self.taps):
+                break
+        return total
+
+
+class PatchDiscriminator(nn.Module):
+    r"""A PatchGAN discriminator (Isola et al. 2017, arXiv:1611.07004, Sec. 3.2.2): one real/fake logit per patch.
+
+    conv4x4 stride 2 (C -> w) - LeakyReLU(0.2) - conv4x4 stride 2 (w -> 2w) - GroupNorm - LeakyReLU(0.2) -
+    conv3x3 (2w -> 1): a 16 x 16 image gives a 4 x 4 map of logits, each seeing a patch of about 10 x 10
+    pixels. A patch discriminator judges texture and edges, not the global layout, which the
+    reconstruction loss already fixes; latent diffusion's autoencoders are trained with one
+    (Esser et al. 2021, arXiv:2012.09841, Sec. 3.1; Rombach et al. 2022, App. G).
+
+    Introduced in chapter 17.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("width", width)
+        self.in_channels = in_channels
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.GroupNorm(8, 2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 1, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch logits (B, 1, H/4, W/4) of images x (B, C, H, W); > 0 means "looks real"."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"PatchDiscriminator: x must be (B, {self.in_channels}, H, W), got {_shape(x)}")
+        return self.net(x)
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    r"""The hinge loss of a discriminator (Lim & Ye 2017, arXiv:1705.02894; as in Esser et al. 2021):
+    mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat))). Its generator side is -mean(D(x_hat)). Chapter 17."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()

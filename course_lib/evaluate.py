@@ -64,7 +64,7 @@ CONVENTION = {
     "k": 3,                  # precision/recall neighbourhood (Kynkäänniemi et al. 2019)
     "kid_subsets": 100,      # KID: random subsets (Bińkowski et al. 2018)
     "kid_subset_size": 1000,  # ... of at most this size (and at most the smaller set)
-    "n_draws": 100,          # random halves for the intervals
+    "n_draws": 50,           # random halves for the intervals (their sd: ~10 % relative error)
     "level": 0.95,           # interval coverage
     "dtype": "float64",
 }
@@ -301,7 +301,8 @@ def half_sample_interval(statistic: Callable[[torch.Tensor], float], n: int, *,
     (n // 2 rows drawn without replacement) estimates its sampling standard deviation at the full
     size n: for a mean, a half drawn without replacement has variance (s^2 / (n/2)) (1 - 1/2) = s^2 / n,
     exactly the full sample's (half-sampling, McCarthy 1969); for the course's metrics, roughly so.
-    The interval is value +- z sd, z the normal quantile of ``level``.
+    The interval is value +- z sd, z the normal quantile of ``level``; being normal, it can reach past a
+    metric's natural bound (below 0 for an FD near 0).
 
     Why not the bootstrap: a resample with replacement repeats rows, which the FD, the recall and
     the class-balance distance read as a smaller, less diverse sample; their resampled values sit
@@ -606,16 +607,23 @@ class Evaluation:
 
 def _metric_fns(ref: dict, k: int, generator: torch.Generator) -> dict:
     """name -> f(scores of a set, index) -> float, each comparing the indexed rows with the reference."""
+    from course_lib.metrics import _knn_radii
+
     n_ref = ref["features"].shape[0]
+    ref_feats = ref["features"].detach().to("cpu", torch.float64)
+    ref_radii = _knn_radii(ref_feats, k)  # the reference's k-NN radii, once (as precision_recall computes them)
 
     def kid(s, idx):
         f = s["features"][idx]
         size = min(f.shape[0], n_ref, CONVENTION["kid_subset_size"])
-        return kernel_distance(f, ref["features"], subset_size=size, n_subsets=10, generator=generator).mean
+        return kernel_distance(f, ref["features"], subset_size=size, n_subsets=4, generator=generator).mean
 
-    def pr(s, idx, key):
-        f = s["features"][idx][:n_ref]  # at most as many as the reference: equal-size sets
-        return precision_recall(ref["features"], f, k=k)[key]
+    def pr(s, idx, key):  # = metrics.precision_recall(ref, f, k=k)[key], with the reference's radii reused
+        f = s["features"][idx][:n_ref].detach().to("cpu", torch.float64)  # at most as many as the reference
+        d = torch.cdist(f, ref_feats)  # (M, N_ref)
+        if key == "precision":
+            return float((d <= ref_radii[None, :]).any(dim=1).double().mean())
+        return float((d <= _knn_radii(f, k)[:, None]).any(dim=0).double().mean())
 
     return {
         "FD": lambda s, idx: frechet_distance(s["features"][idx], ref["features"]),
@@ -626,6 +634,43 @@ def _metric_fns(ref: dict, k: int, generator: torch.Generator) -> dict:
         "class balance TV": lambda s, idx: class_balance(s["predicted"][idx], ref["labels"],
                                                          s["probs"].shape[1])["total_variation"],
     }
+
+
+# Reference scores and floors depend only on the reference, the classifier's weights, N, the draws and the seed:
+# computed once per process and reused (the ladder of chapter 17 scores many sets against one floor).
+_CACHE: dict = {}
+
+
+def _fingerprint(classifier) -> tuple:
+    return (id(classifier), tuple(float(p.detach().double().sum()) for p in classifier.parameters()))
+
+
+def _reference(reference: str, classifier) -> dict:
+    key = ("reference", reference, _fingerprint(classifier))
+    if key not in _CACHE:
+        ref_images, ref_labels = reference_set(reference)
+        ref = _scores(classifier, ref_images)
+        ref["labels"] = ref_labels
+        _CACHE[key] = ref
+    return _CACHE[key]
+
+
+def _floors(reference: str, classifier, n: int, floor_draws: int, seed: int, bar) -> dict:
+    key = ("floors", reference, _fingerprint(classifier), n, floor_draws, seed)
+    if key not in _CACHE:
+        fns = _metric_fns(_reference(reference, classifier), CONVENTION["k"],
+                          torch.Generator().manual_seed(seed + 1_000_003))  # its own stream: cached or not, the same
+        raw: dict[str, list[float]] = {name: [] for name in fns}
+        for draw in range(floor_draws):
+            real = _scores(classifier, _floor_images(reference, n, draw))
+            for name, fn in fns.items():
+                raw[name].append(fn(real, torch.arange(n)))
+            if bar is not None:
+                bar.update(1)
+        _CACHE[key] = {k: (float(torch.tensor(v).mean()), float(torch.tensor(v).std())) for k, v in raw.items()}
+    elif bar is not None:
+        bar.update(floor_draws)
+    return _CACHE[key]
 
 
 def evaluate(images: torch.Tensor, reference: str = "digits", *, classifier=None, n_draws: int = CONVENTION["n_draws"],
@@ -656,11 +701,8 @@ def evaluate(images: torch.Tensor, reference: str = "digits", *, classifier=None
                          f"got {x.shape[0]}; the convention scores {CONVENTION['n_samples']}")
     _positive_int("evaluate", "n_draws", n_draws, 2)
     _positive_int("evaluate", "floor_draws", floor_draws, 2)
-    ref_images, ref_labels = reference_set(reference)
-    ref = _scores(classifier, ref_images)
-    ref["labels"] = ref_labels
-    generator = torch.Generator().manual_seed(seed)
-    fns = _metric_fns(ref, CONVENTION["k"], generator)
+    ref = _reference(reference, classifier)
+    fns = _metric_fns(ref, CONVENTION["k"], torch.Generator().manual_seed(seed))
     gen = _scores(classifier, x)
     n = x.shape[0]
     bar = None
@@ -668,21 +710,15 @@ def evaluate(images: torch.Tensor, reference: str = "digits", *, classifier=None
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(fns) * n_draws + floor_draws, desc="evaluate", file=sys.stderr)
-    floors_raw: dict[str, list[float]] = {name: [] for name in fns}
-    for draw in range(floor_draws):
-        real = _scores(classifier, _floor_images(reference, n, draw))
-        for name, fn in fns.items():
-            floors_raw[name].append(fn(real, torch.arange(n)))
-        if bar is not None:
-            bar.update(1)
+    floors = _floors(reference, classifier, n, floor_draws, seed, bar)
+    halves = torch.Generator().manual_seed(seed + 7)
     metrics = {}
     for name, fn in fns.items():
-        metrics[name] = half_sample_interval(lambda idx, fn=fn: fn(gen, idx), n, n_draws=n_draws, generator=generator,
-                                           progress=(lambda i: bar.update(1)) if bar is not None else None)
+        metrics[name] = half_sample_interval(lambda idx, fn=fn: fn(gen, idx), n, n_draws=n_draws, generator=halves,
+                                             progress=(lambda i: bar.update(1)) if bar is not None else None)
     if bar is not None:
         bar.close()
-    floors = {k: (float(torch.tensor(v).mean()), float(torch.tensor(v).std())) for k, v in floors_raw.items()}
-    balance = class_balance(gen["predicted"], ref_labels, gen["probs"].shape[1])
+    balance = class_balance(gen["predicted"], ref["labels"], gen["probs"].shape[1])
     return Evaluation(reference, n, metrics, floors, balance["histogram"].tolist(),
                       balance["reference_histogram"].tolist())
 

@@ -296,3 +296,23 @@ def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "course_lib.evaluate", "--help"], capture_output=True, text=True,
                          check=True)
     assert "--reference" in out.stdout and "convention" in out.stdout
+
+
+def test_evaluate_is_reproducible_with_or_without_its_cache_and_matches_precision_recall(monkeypatch):
+    from course_lib.data.digits import digits
+    from course_lib.metrics import precision_recall
+
+    monkeypatch.setattr(ev, "feature_network", _untrained_classifier)
+    x = digits("train")[0][:150]
+    ev._CACHE.clear()
+    first = ev.evaluate(x, "digits", n_draws=3, floor_draws=2, seed=4)
+    second = ev.evaluate(x, "digits", n_draws=3, floor_draws=2, seed=4)  # reference and floors from the cache
+    ev._CACHE.clear()
+    third = ev.evaluate(x, "digits", n_draws=3, floor_draws=2, seed=4)
+    assert first.metrics == second.metrics == third.metrics and first.floors == third.floors
+    clf = _untrained_classifier("digits")
+    ref = ev._reference("digits", clf)
+    fns = ev._metric_fns(ref, 3, _gen(0))
+    s = ev._scores(clf, x)
+    pr = precision_recall(ref["features"], s["features"], k=3)
+    assert fns["precision"](s, torch.arange(150)) == pr["precision"] and fns["recall"](s, torch.arange(150)) == pr["recall"]
