@@ -41,7 +41,7 @@ ZOO_CHAPTER_ORDER := digits_unet digit_classifier ddpm_moons ddpm_eight_gaussian
 	digits_cond_unet digits_noisy_classifier shapes_controlnet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
 	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted \
-	shapes_clip shapes_text_unet shapes_ip_adapter shapes_ip_adapter_paper_drop
+	shapes_clip shapes_text_unet shapes_ip_adapter shapes_ip_adapter_paper_drop shapes_vae_mse shapes_vae_gan
 
 lab: setup
 	$(BIN)/python -m course_lib.device
@@ -69,11 +69,14 @@ unit: setup
 # Measured in a fresh clone (one thread per queue, 2 cores), 2026-12-04, with chapter 15: queue A 2,118 s, queue B
 # 1,471 s (B idle for ten minutes); rebalanced here to about 1,770 s and 1,820 s (the toy models moved to A, the
 # chapter-15 text U-Net and adapters to B, after shapes_vae; shapes_clip, their other parent, is A's first model).
+# Chapter 17's two decoder fine-tunes (about 20 s and 30 s) end queue A, long after their parents shapes_vae (B) and
+# shapes_clip (A) are built.
 # `python -m course_lib.zoo build NAME ...` prints each model's training time.
 ZOO_QUEUE_A := shapes_clip digits_unet_fm reflow_digits digits_cond_unet \
 	digits_full_ft digits_lora_r1 digits_lora_r4 digits_lora_r16 digits_rslora_r4 digits_rslora_r16 \
 	digits_lora_r4_prior digits_full_ft_prior digits_lora_r4_prior_inverted shapes_pixel_unet \
-	ddpm_moons ddpm_eight_gaussians fm_moons reflow_moons fm_eight_gaussians reflow_eight_gaussians ct_moons
+	ddpm_moons ddpm_eight_gaussians fm_moons reflow_moons fm_eight_gaussians reflow_eight_gaussians ct_moons \
+	shapes_vae_mse shapes_vae_gan
 ZOO_QUEUE_B := digits_unet digits_unet_ddpm1000 cd_digits shapes_classifier shapes_vae shapes_latent_unet shapes_controlnet \
 	shapes_text_unet shapes_ip_adapter shapes_ip_adapter_paper_drop digits_noisy_classifier digit_classifier distill_digits
 
