@@ -10,8 +10,8 @@ compared with. The course's **convention**, used by :func:`evaluate` and the com
 * **Images** in [-1, 1], clamped there before scoring (as FID's uint8 quantisation clamps); a set
   whose values are all >= 0, or reach beyond [-1.5, 1.5], is refused as a likely wrong range.
 * **Reference**: data the models never trained on: the 359 test digits; 2,000 fixed test shapes.
-* **Sample size**: :data:`CONVENTION` ``n_samples`` = 1,000 generated images (more features than
-  that give a non-singular covariance: N must exceed the feature dimension).
+* **Sample size**: :data:`CONVENTION` ``n_samples`` = 1,000 generated images (far more than the
+  64 features: a covariance of N points has rank at most N - 1, so N must exceed the feature dimension).
 * **Floor**: every metric also computed for *real* images in the generated set's place, the same
   number of them (training digits drawn without replacement; freshly rendered shapes), over
   ``floor_draws`` draws: a model is judged by its ratio to that floor.
