@@ -90,3 +90,34 @@ def test_withheld_hides_the_library_function_everywhere_and_restores_it():
     with pytest.raises(ValueError, match="pass globals"):
         with withheld([], original):
             pass
+
+
+# A coding exercise that asks for something the library has must not pass by calling it: its graded test
+# runs the student's code inside `withheld(...)`. (Chapters 00 and 03 ask for what the library has as a
+# method, `Schedule.add_noise` and `SelfAttention.forward`, which `withheld` cannot hide yet.)
+WITHHELD_IN_TESTS = {
+    "02_ddpm": ("ch02-ex2-test", ("ddpm_step", "sample")),
+    "05_ddim": ("ch05-ex2-test", ("ddim_invert",)),
+    "06_sde_ode": ("ch06-ex2-test", ("euler_maruyama_step",)),
+    "07_fast_samplers": ("ch07-ex2-test", ("karras_grid",)),
+    "10_consistency_models": ("ch10-ex2-test", ("consistency_training_loss",)),
+    "16_editing": ("ch16-ex1-test", ("sdedit_start",)),
+    "17_evaluation": ("ch17-ex1-test", ("frechet_distance", "frechet_distance_gaussian")),
+}
+
+
+@pytest.mark.parametrize("chapter", sorted(WITHHELD_IN_TESTS))
+def test_coding_exercises_withhold_the_library_function_they_ask_for(chapter):
+    import re
+    from pathlib import Path
+
+    import nbformat
+
+    grade_id, names = WITHHELD_IN_TESTS[chapter]
+    nb = nbformat.read(Path(__file__).resolve().parent.parent / "chapters" / f"{chapter}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id]
+    assert len(cells) == 1, f"{chapter}: no graded cell {grade_id}"
+    calls = re.findall(r"withheld\(globals\(\),([^)]*)\)", cells[0].source)
+    assert calls, f"{chapter} {grade_id}: the student's code does not run inside withheld(...)"
+    held = {name.strip() for call in calls for name in call.split(",")}
+    assert set(names) <= held, f"{chapter} {grade_id}: withholds {sorted(held)}, not {names}"
