@@ -607,7 +607,7 @@ class Evaluation:
 
 def _metric_fns(ref: dict, k: int, generator: torch.Generator) -> dict:
     """name -> f(scores of a set, index) -> float, each comparing the indexed rows with the reference."""
-    from course_lib.metrics import _knn_radii
+    from course_lib.metrics import _knn_radii, _precision_recall
 
     n_ref = ref["features"].shape[0]
     ref_feats = ref["features"].detach().to("cpu", torch.float64)
@@ -620,10 +620,7 @@ def _metric_fns(ref: dict, k: int, generator: torch.Generator) -> dict:
 
     def pr(s, idx, key):  # = metrics.precision_recall(ref, f, k=k)[key], with the reference's radii reused
         f = s["features"][idx][:n_ref].detach().to("cpu", torch.float64)  # at most as many as the reference
-        d = torch.cdist(f, ref_feats)  # (M, N_ref)
-        if key == "precision":
-            return float((d <= ref_radii[None, :]).any(dim=1).double().mean())
-        return float((d <= _knn_radii(f, k)[:, None]).any(dim=0).double().mean())
+        return _precision_recall(ref_feats, f, ref_radii, k, (key,))[key]
 
     return {
         "FD": lambda s, idx: frechet_distance(s["features"][idx], ref["features"]),

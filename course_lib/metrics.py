@@ -451,11 +451,21 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, *, k: i
     _check_samples("precision_recall", real_feats, fake_feats, min_n=k + 1)
     real = real_feats.detach().to("cpu", torch.float64)
     fake = fake_feats.detach().to("cpu", torch.float64)
-    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)  # (N,), (M,)
+    return _precision_recall(real, fake, _knn_radii(real, k), k)
+
+
+def _precision_recall(real: torch.Tensor, fake: torch.Tensor, r_real: torch.Tensor, k: int,
+                      which: tuple = ("precision", "recall")) -> dict:
+    """The body of ``precision_recall`` on float64 features, given the real set's k-NN radii (N,) (which
+    ``course_lib.evaluate`` computes once for a fixed reference); ``which`` skips what is not needed."""
     d = torch.cdist(fake, real)  # (M, N)
-    precision = (d <= r_real[None, :]).any(dim=1).to(torch.float64).mean()  # fake j in some real ball
-    recall = (d <= r_fake[:, None]).any(dim=0).to(torch.float64).mean()  # real i in some fake ball
-    return {"precision": float(precision), "recall": float(recall)}
+    out = {}
+    if "precision" in which:
+        out["precision"] = float((d <= r_real[None, :]).any(dim=1).to(torch.float64).mean())  # fake j in a real ball
+    if "recall" in which:
+        r_fake = _knn_radii(fake, k)  # (M,)
+        out["recall"] = float((d <= r_fake[:, None]).any(dim=0).to(torch.float64).mean())  # real i in a fake ball
+    return out
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
